@@ -677,7 +677,7 @@ proptest! {
         std::fs::write(&segs[i], bytes).unwrap();
         if let Ok((log, _)) = Log::open(tmp.path(), opts(400)) {
             let after = read_all(&log);
-            prop_assert!(after.len() < before.len() && after.len() % 2 == 0);
+            prop_assert!(after.len() < before.len() && after.len().is_multiple_of(2));
             prop_assert_eq!(&before[..after.len()], &after[..]);
         }
     }
@@ -782,4 +782,169 @@ fn acknowledged_appends_survive_sigkill() {
         "the child acknowledged too little to prove anything: {}",
         acked.len()
     );
+}
+
+// ---- The log cases of ../shared/cases/cases.md, one test each ----
+
+/// Case 16: torn final record after a crash (truncate -7, last 7 bytes zeroed,
+/// cut inside the last header); the next append reuses the dropped offset.
+#[test]
+fn case16_torn_final_record() {
+    for variant in ["truncate-7", "zero-last-7", "cut-mid-header"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = open(tmp.path(), opts(64 << 20));
+        fill(&log, 4, 1);
+        drop(log);
+        let seg = newest(tmp.path());
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let last = *positions(&seg).last().unwrap();
+        match variant {
+            "truncate-7" => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(len - 7)
+                .unwrap(),
+            "zero-last-7" => zero_range(&seg, len - 7, 7),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(last + 20)
+                .unwrap(),
+        }
+        let (log, report) = open(tmp.path(), opts(64 << 20));
+        let torn = report.torn_tail.unwrap();
+        assert_eq!((torn.position, torn.first_dropped), (last, 3), "{variant}");
+        assert!(
+            torn.to_string().contains("00000000000000000000.seg"),
+            "{variant}: {torn}"
+        );
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            last,
+            "{variant}: not physically truncated"
+        );
+        assert_eq!(read_all(&log).len(), 3);
+        assert_eq!(fill(&log, 1, 1), vec![3], "{variant}");
+        drop(log);
+        let (log, _) = open(tmp.path(), opts(64 << 20));
+        assert_eq!(read_all(&log).len(), 4, "{variant}");
+    }
+}
+
+/// Case 18: appends after a repaired torn tail start exactly where the valid
+/// data ended and survive the next crash.
+#[test]
+fn case18_appending_after_a_partial_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    fill(&log, 3, 1);
+    drop(log);
+    let seg = newest(tmp.path());
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let good_end = positions(&seg)[2]; // where the record about to be torn starts
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    assert_eq!(fill(&log, 5, 1), (2..7).collect::<Vec<_>>());
+    drop(log); // like a kill: nothing is flushed at drop that was not already synced
+    assert_eq!(
+        positions(&seg)[2],
+        good_end,
+        "a gap was left before the new records"
+    );
+    let (log, report) = open(tmp.path(), opts(64 << 20));
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(read_all(&log).len(), 7);
+}
+
+/// Case 23 (a): offsets never go backwards after a tombstone and a restart.
+#[test]
+fn case23_offsets_not_reused_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    let rt = runtime();
+    rt.block_on(log.append(entry(1, RecordKind::Created, b"c")))
+        .unwrap();
+    for _ in 0..3 {
+        rt.block_on(log.append(entry(1, RecordKind::Patched, b"p")))
+            .unwrap();
+    }
+    let tombstone = rt
+        .block_on(log.append(entry(1, RecordKind::Deleted, b"d")))
+        .unwrap();
+    drop(log);
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    let next = rt
+        .block_on(log.append(entry(2, RecordKind::Created, b"c")))
+        .unwrap();
+    assert!(next > tombstone);
+}
+
+/// Case 23 (c): with `interval`, an acknowledged record is not published (the
+/// durable end does not move, the hook does not run) before it is synced.
+#[test]
+fn case23_interval_mode_never_publishes_unsynced_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = LogOptions {
+        segment_bytes: 64 << 20,
+        fsync: FsyncPolicy::Interval(Duration::from_secs(60)),
+    };
+    let (log, _) = Log::open(tmp.path(), o).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    log.start_writer(Box::new(move |records| {
+        s.lock().unwrap().extend(records.iter().map(|r| r.offset));
+    }));
+    let rt = runtime();
+    assert_eq!(
+        rt.block_on(log.append(entry(1, RecordKind::Created, b"c"))),
+        Ok(0)
+    );
+    assert_eq!(log.durable_end(), 0);
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(
+        log.read(0, |_| ()).is_err(),
+        "an unsynced record was readable"
+    );
+    log.shutdown(); // syncs, then publishes
+    assert_eq!(log.durable_end(), 1);
+    assert_eq!(*seen.lock().unwrap(), vec![0]);
+}
+
+/// Case 26: reads never map past a file's end: a tiny active segment under the
+/// default 64 MiB segment size, and sealed segments after a roll.
+#[test]
+fn case26_reads_of_small_segments_never_touch_past_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    fill(&log, 1, 1);
+    assert_eq!(log.read(0, |r| r.body.to_vec()).unwrap(), b"body 0/0");
+    drop(log);
+    let (log, _) = open(tmp.path(), opts(100));
+    fill(&log, 3, 1); // rolls: the first segment is now sealed and mapped
+    assert!(segments(tmp.path()).len() >= 2);
+    assert_eq!(read_all(&log).len(), 4);
+}
+
+/// Case 27: a stale lock after kill -9 is covered by the crash test (every
+/// round reopens after SIGKILL); garbage in LOCK and an unusable DATA_DIR here.
+#[test]
+fn case27_lock_file_contents_do_not_matter_and_bad_dirs_get_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("LOCK"), b"1\n").unwrap(); // "pid 1 is alive"
+    let (log, _) = open(tmp.path(), opts(64 << 20));
+    drop(log);
+    let file = tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    match Log::open(&file, opts(64 << 20)) {
+        Err(e @ OpenError::Io { .. }) => assert!(e.to_string().contains("not-a-dir"), "{e}"),
+        Err(e) => panic!("expected an I/O error naming the path, got {e}"),
+        Ok(_) => panic!("opened a file as a data directory"),
+    }
 }

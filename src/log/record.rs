@@ -306,3 +306,53 @@ mod tests {
         }
     }
 }
+
+/// The worked example of `log-format.md` ("Worked example"), byte for byte.
+#[cfg(test)]
+mod format_example {
+    use super::*;
+    use crate::event::EventBody;
+
+    pub(super) fn example() -> Vec<u8> {
+        let body = EventBody {
+            json: r#"{"n":1}"#.into(),
+            username: "ana".into(),
+            at_ms: 1_764_780_350_123,
+        }
+        .encode();
+        let mut buf = Vec::new();
+        encode_into(
+            &mut buf,
+            &RecordHeader {
+                body_len: body.len() as u32,
+                offset: 5,
+                commit: 5,
+                key: 0x0193_8bd1_05c2_4a7d_9b4e_1f2a_3c4d_5e6f,
+                kind: RecordKind::Patched,
+                commit_end: true,
+            },
+            &body,
+        );
+        buf
+    }
+
+    #[test]
+    fn matches_the_documented_hex() {
+        let hex: String = example()
+            .chunks(16)
+            .map(|row| {
+                row.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    + "\n"
+            })
+            .collect();
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/log-format.md")).unwrap();
+        assert!(
+            doc.contains(&hex),
+            "log-format.md lacks the example bytes:\n{hex}"
+        );
+    }
+}

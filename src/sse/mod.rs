@@ -1,0 +1,261 @@
+//! One subscriber's stream: `retry`, then `init` or a catch-up from the log,
+//! then live events, heartbeats, and the end.
+//!
+//! The life of a resume, in order:
+//! 1. subscribe to the session's hub channel ([`hub`]) — *before* looking at
+//!    the state, so nothing committed from now on can be missed;
+//! 2. count the client ([`presence::PresenceGuard`], held inside the stream);
+//! 3. send `retry`; then either `init` (the state now, `id:` = its offset) or,
+//!    for a valid resume id ([`resume`]), the session's events after it, read
+//!    from the log in bounded rounds of [`CATCH_UP_ROUND`];
+//! 4. forward live frames whose offset is above the last one sent (the
+//!    overlap between the catch-up and the channel is dropped by offset, so
+//!    there is no duplicate; the channel was subscribed first, so no gap).
+//!
+//! A live receiver that lags goes back to step 3's catch-up from its own
+//! resume point. A `delete` ends the stream after it is sent; so does the
+//! server's shutdown token. A `: ping` comment goes out every heartbeat; a
+//! dead peer is noticed when that write fails.
+
+pub mod frame;
+pub mod hub;
+pub mod presence;
+pub mod resume;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use crate::event::{rfc3339_millis, RecordKind};
+use crate::fold::{read_events, Sessions};
+use crate::log::{Log, Offset};
+use frame::EventName;
+use hub::{Hub, HubMsg, Subscription};
+use presence::{Presence, PresenceGuard};
+use resume::ResumeFrom;
+
+/// Events read from the log per catch-up round; bounds a lagging or resuming
+/// subscriber's memory.
+pub const CATCH_UP_ROUND: usize = 64;
+
+/// What every stream of one server shares.
+#[derive(Clone)]
+pub struct Streams {
+    pub log: Log,
+    pub sessions: Arc<RwLock<Sessions>>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
+    pub heartbeat: Duration,
+    /// Cancelled when the server shuts down: every stream ends.
+    pub shutdown: CancellationToken,
+}
+
+enum Phase {
+    Start(ResumeFrom),
+    CatchUp,
+    Live,
+    Done,
+}
+
+/// The state of one subscriber's stream.
+struct Subscriber {
+    streams: Streams,
+    session: Ulid,
+    username: String,
+    sub: Subscription,
+    _guard: PresenceGuard,
+    /// Resume point: every event of the session up to here has been sent.
+    last: Offset,
+    phase: Phase,
+    out: VecDeque<Bytes>,
+    heartbeat: Interval,
+}
+
+impl Streams {
+    /// Opens the stream of `username` on `session`, which the caller checked
+    /// exists and is live. The client is counted from now until the stream
+    /// is dropped.
+    pub fn open(
+        &self,
+        session: Ulid,
+        username: String,
+        from: ResumeFrom,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let sub = self.hub.subscribe(session);
+        let guard = self.presence.join(session, &username);
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let subscriber = Subscriber {
+            streams: self.clone(),
+            session,
+            username,
+            sub,
+            _guard: guard,
+            last: 0,
+            phase: Phase::Start(from),
+            out: VecDeque::new(),
+            heartbeat,
+        };
+        futures_util::stream::unfold(subscriber, |mut s| async move {
+            s.next().await.map(|b| (Ok(b), s))
+        })
+    }
+
+    /// Publishes presence batches until shutdown: waits for a change, lets the
+    /// window fill, then sends one `join` and/or `leave` per dirty session.
+    pub async fn run_presence(self) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.presence.changed() => {}
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(presence::WINDOW) => {}
+            }
+            for b in self.presence.take_batches() {
+                for (name, names) in [(EventName::Join, &b.joined), (EventName::Leave, &b.left)] {
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let json = serde_json::json!({"usernames": names, "clients": b.clients});
+                    let bytes = serde_json::to_vec(&json).expect("JSON serializes");
+                    self.hub
+                        .publish_presence(b.session, frame::event(name, None, &bytes));
+                }
+            }
+        }
+    }
+}
+
+impl Subscriber {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                return Some(b);
+            }
+            if self.streams.shutdown.is_cancelled() {
+                self.phase = Phase::Done;
+            }
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Start(from) => self.start(from),
+                Phase::CatchUp => self.catch_up().await,
+                Phase::Live => self.live().await,
+            }
+        }
+    }
+
+    fn start(&mut self, from: ResumeFrom) {
+        self.out.push_back(frame::retry(frame::RETRY_MS));
+        match from {
+            ResumeFrom::After(offset) => {
+                self.last = offset;
+                self.phase = Phase::CatchUp;
+            }
+            ResumeFrom::Init => self.init(),
+        }
+    }
+
+    fn init(&mut self) {
+        let snapshot = self.streams.presence.snapshot(&self.session);
+        let sessions = self.streams.sessions.read().expect("sessions lock");
+        let Some(state) = sessions.get(&self.session).filter(|s| !s.is_deleted()) else {
+            // Deleted between the handler's check and now: nothing to show.
+            self.phase = Phase::Done;
+            return;
+        };
+        let prefix = format!("{{\"session\":{{\"id\":\"{}\",\"data\":", state.id);
+        let suffix = serde_json::json!({
+            "offset": state.offset,
+            "createdAt": rfc3339_millis(state.created_at_ms),
+            "updatedAt": rfc3339_millis(state.updated_at_ms),
+            "clients": snapshot.clients,
+        });
+        let tail = serde_json::json!({
+            "username": self.username,
+            "clients": snapshot.clients,
+            "usernames": snapshot.usernames,
+        });
+        // `{"session":{"id":..,"data":<doc>,` + rest of the session object
+        // + `},` + the rest of the init object.
+        let suffix = serde_json::to_string(&suffix).expect("JSON serializes");
+        let tail = serde_json::to_string(&tail).expect("JSON serializes");
+        let middle = format!(",{}}},{}", &suffix[1..suffix.len() - 1], &tail[1..]);
+        self.last = state.offset;
+        let parts = [Bytes::from(prefix), state.data_json(), Bytes::from(middle)];
+        drop(sessions);
+        self.out
+            .extend(frame::event_parts(EventName::Init, Some(self.last), &parts));
+        self.phase = Phase::Live;
+    }
+
+    async fn catch_up(&mut self) {
+        let offsets: Vec<Offset> = {
+            let sessions = self.streams.sessions.read().expect("sessions lock");
+            match sessions.get(&self.session) {
+                Some(s) => s.events_after(Some(self.last), CATCH_UP_ROUND).to_vec(),
+                None => Vec::new(),
+            }
+        };
+        if offsets.is_empty() {
+            self.phase = Phase::Live;
+            return;
+        }
+        let log = self.streams.log.clone();
+        let read = tokio::task::spawn_blocking(move || read_events(&log, &offsets)).await;
+        let events = match read {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::error!(session = %self.session, after = self.last, error = %e, "catch-up read failed; ending the stream so the client resumes");
+                self.phase = Phase::Done;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(session = %self.session, error = %e, "catch-up task failed");
+                self.phase = Phase::Done;
+                return;
+            }
+        };
+        for e in events {
+            self.out.push_back(frame::persisted(&e));
+            self.last = e.offset;
+            if e.kind == RecordKind::Deleted {
+                self.phase = Phase::Done;
+                return;
+            }
+        }
+    }
+
+    async fn live(&mut self) {
+        tokio::select! {
+            _ = self.streams.shutdown.cancelled() => self.phase = Phase::Done,
+            _ = self.heartbeat.tick() => self.out.push_back(frame::ping()),
+            msg = self.sub.recv() => match msg {
+                Ok(HubMsg::Event { offset, frame, ends }) => {
+                    if offset > self.last {
+                        self.last = offset;
+                        self.out.push_back(frame);
+                        if ends {
+                            self.phase = Phase::Done;
+                        }
+                    }
+                }
+                Ok(HubMsg::Presence(frame)) => self.out.push_back(frame),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(session = %self.session, missed, after = self.last, "subscriber lagged; catching up from the log");
+                    self.phase = Phase::CatchUp;
+                }
+                Err(RecvError::Closed) => self.phase = Phase::Done,
+            },
+        }
+    }
+}

@@ -68,6 +68,11 @@ pub struct Config {
     /// Comma-separated list of origins allowed by CORS; empty or `*` allows any origin.
     #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
+
+    /// Serve this directory's files at `/` instead of the built-in web page
+    /// (paths leading outside it are refused; the API paths stay the API's).
+    #[arg(long, env = "STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 }
 
 /// A setting that parses but cannot work.
@@ -99,6 +104,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             heartbeat_secs: 15,
             cors_origins: "*".into(),
+            static_dir: None,
         }
     }
 }

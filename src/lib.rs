@@ -35,3 +35,4 @@ pub mod server;
 pub mod shutdown;
 pub mod sse;
 pub mod tool;
+pub mod web;

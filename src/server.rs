@@ -69,6 +69,8 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
     #[error("a startup task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Site(#[from] crate::web::SiteError),
 }
 
 /// How long an unacknowledged write may stay on a connection before the
@@ -143,6 +145,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let site = crate::web::Site::new(config.static_dir.as_deref())?;
     let dir = config.data_dir.display().to_string();
     let options = LogOptions {
         segment_bytes: config.segment_bytes,
@@ -234,7 +237,11 @@ pub async fn run(
         }
     };
     let served = Server::new_with_acceptor(Tcp(acceptor))
-        .run_with_graceful_shutdown(api::app(state), signal, Some(GRACE))
+        .run_with_graceful_shutdown(
+            crate::web::with_site(api::app(state), site),
+            signal,
+            Some(GRACE),
+        )
         .await;
     token.cancel();
     let _ = presence_task.await;

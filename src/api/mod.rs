@@ -126,6 +126,16 @@ async fn read_body<E: Endpoint>(
     mut req: Request,
     max: usize,
 ) -> poem::Result<Response> {
+    if let Some(repeated) = repeated_param(&req) {
+        return Ok(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!(
+                "query parameter `{}` is given more than once: give it once",
+                truncate(&repeated, 64)
+            ),
+        ));
+    }
     let method = req.method().clone();
     if method == Method::POST || method == Method::PUT || method == Method::PATCH {
         let too_large = || {
@@ -177,12 +187,31 @@ async fn read_body<E: Endpoint>(
     Ok(ep.call(req).await?.into_response())
 }
 
+/// The first query parameter given twice, if any: the handlers read the first
+/// value, and a proxy in front may read another, so a repeated parameter is
+/// refused rather than silently resolved. A query that does not decode is
+/// left to the handlers' own parsing.
+fn repeated_param(req: &Request) -> Option<String> {
+    let params = req.params::<Vec<(String, String)>>().ok()?;
+    let mut seen = std::collections::HashSet::new();
+    params
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| !seen.insert(k.clone()))
+}
+
 /// Parses a session id from the path.
 ///
 /// # Errors
 /// 400 `invalid_id` when it is not a ULID.
 pub fn parse_id(text: &str) -> Result<Ulid, ApiError> {
-    Ulid::from_string(text).map_err(|_| {
+    // Only the canonical spelling: the ulid crate also accepts lowercase,
+    // Crockford aliases (O, I, L) and wraps an overflowing first character,
+    // which would give one session several URLs, or name another session.
+    Ulid::from_string(text)
+        .ok()
+        .filter(|u| u.to_string() == text)
+        .ok_or_else(|| {
         ApiError::bad_request(
             "invalid_id",
             format!(
@@ -214,6 +243,13 @@ pub fn check_username(name: Option<String>) -> Result<String, ApiError> {
         return Err(ApiError::bad_request(
             "invalid_username",
             "the username contains a control character (such as a line break or NUL)",
+        ));
+    }
+    // The query decoder turns bytes that are not UTF-8 into U+FFFD.
+    if name.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(ApiError::bad_request(
+            "invalid_username",
+            "the username is not valid UTF-8 once percent-decoded",
         ));
     }
     Ok(name)
@@ -267,5 +303,13 @@ mod tests {
         assert!(check_limit(Some(1001)).is_err());
         assert!(parse_id("01KBJ3C4E1GM0W8ZJ7Q9Y2V6XH").is_ok());
         assert!(parse_id("nope").is_err());
+        for alias in [
+            "01kbj3c4e1gm0w8zj7q9y2v6xh",
+            "01KBJ3C4E1GM0W8ZJ7Q9Y2V6XO",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+        ] {
+            assert!(parse_id(alias).is_err(), "{alias}");
+        }
+        assert!(check_username(Some("a\u{FFFD}".into())).is_err());
     }
 }

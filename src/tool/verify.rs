@@ -1,6 +1,7 @@
 //! `sessionlog verify DIR`: every segment checked with the server's own rules
 //! (framing, CRC, offsets contiguous across segments, commit boundaries,
-//! names vs contents), and every record body decoded, as the server's fold does.
+//! names vs contents), and every record body decoded and folded with
+//! [`Sessions::apply`], as the server does before it listens.
 //!
 //! The verdict is the server's: a torn tail (what recovery would truncate) and
 //! corruption (what recovery refuses) are both damage (exit 1), told apart in
@@ -14,6 +15,7 @@ use indicatif::ProgressBar;
 
 use super::{file_name, walk, Finding, Outcome, ToolError, Walk};
 use crate::event::{BodyError, Event};
+use crate::fold::{ApplyError, Sessions};
 use crate::log::{Offset, Position};
 
 /// A record whose frame is intact but whose body does not decode: the
@@ -31,13 +33,15 @@ pub struct BodyDamage {
 pub struct VerifyReport {
     pub walk: Walk,
     pub body: Option<BodyDamage>,
+    /// An event the fold refuses (the server would not start).
+    pub fold: Option<ApplyError>,
     pub records: u64,
 }
 
 impl VerifyReport {
     /// Clean only when the server would start without changing anything.
     pub fn outcome(&self) -> Outcome {
-        if self.walk.is_clean() && self.body.is_none() {
+        if self.walk.is_clean() && self.body.is_none() && self.fold.is_none() {
             Outcome::Clean
         } else {
             Outcome::Damage
@@ -58,15 +62,18 @@ impl VerifyReport {
             };
             return Some(format!("{p}. {fix}"));
         }
-        self.body.as_ref().map(|b| {
-            format!(
+        if let Some(b) = &self.body {
+            return Some(format!(
                 "record at offset {} in {} at byte {} has an intact frame but its body does not decode ({}); the server cannot fold it",
                 b.offset,
                 b.file.display(),
                 b.position,
                 b.error
-            )
-        })
+            ));
+        }
+        self.fold
+            .as_ref()
+            .map(|e| format!("the server cannot fold the log: {e}"))
     }
 }
 
@@ -80,24 +87,29 @@ pub fn verify(
     progress: &ProgressBar,
 ) -> Result<VerifyReport, ToolError> {
     let mut body = None;
+    let mut fold = None;
+    let mut sessions = Sessions::new();
     let mut records = 0u64;
     let walk = walk(root, progress, |seg| {
         for r in &seg.scan.records[..seg.usable] {
             records += 1;
-            if body.is_some() {
+            if body.is_some() || fold.is_some() {
                 continue;
             }
             let start = r.position as usize;
             let frame = &seg.bytes[start..start + r.frame_len as usize];
             let (_, bytes) = crate::log::record::decode(frame)
                 .expect("the scanner only reports records that decode");
-            if let Err(error) = Event::from_record(r.offset, r.key, r.kind, bytes) {
-                body = Some(BodyDamage {
-                    file: seg.path.to_path_buf(),
-                    position: r.position,
-                    offset: r.offset,
-                    error,
-                });
+            match Event::from_record(r.offset, r.key, r.kind, bytes) {
+                Ok(event) => fold = sessions.apply(&event).err(),
+                Err(error) => {
+                    body = Some(BodyDamage {
+                        file: seg.path.to_path_buf(),
+                        position: r.position,
+                        offset: r.offset,
+                        error,
+                    })
+                }
             }
         }
         Ok(ControlFlow::Continue(()))
@@ -137,6 +149,7 @@ pub fn verify(
     let report = VerifyReport {
         walk,
         body,
+        fold,
         records,
     };
     let w = &report.walk;

@@ -731,3 +731,25 @@ async fn read_only_subcommands_see_a_consistent_prefix_while_the_log_appends() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("clean:"), "{}", r.stdout);
 }
+
+#[tokio::test]
+async fn an_event_the_fold_refuses_is_reported() {
+    // Intact frames, but a patch of a session that was never created: the
+    // server's fold refuses it, so verify does too.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(dir.path(), opts(1 << 20)).unwrap();
+    log.start_writer(Box::new(|_| {}));
+    let id = Ulid::from_parts(9, 9);
+    log.append(entry(id, RecordKind::Patched, &json!({"a": 1}), "x", 1))
+        .await
+        .unwrap();
+    log.shutdown();
+    drop(log);
+    let r = run(&["verify", p(dir.path())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("cannot fold") && r.stderr.contains(&id.to_string()),
+        "{}",
+        r.stderr
+    );
+}

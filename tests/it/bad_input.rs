@@ -34,7 +34,9 @@ fn request(method: &str, target: &str, headers: &[(&str, &str)], body: Option<&[
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    let own_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    let own_length = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     if let Some(b) = body {
         if !own_length {
             out.push_str(&format!("Content-Length: {}\r\n", b.len()));
@@ -63,7 +65,8 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = find(b, b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             break;
         }
@@ -90,12 +93,18 @@ async fn send(addr: std::net::SocketAddr, req: Vec<u8>) -> Answer {
     loop {
         if let Some(h) = find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..h]).to_lowercase();
-            if head.contains("text/event-stream") && find(&buf[h..], b"event: init").is_some_and(|i| find(&buf[h + i..], b"\n\n").is_some()) {
+            if head.contains("text/event-stream")
+                && find(&buf[h..], b"event: init")
+                    .is_some_and(|i| find(&buf[h + i..], b"\n\n").is_some())
+            {
                 break;
             }
         }
         match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
-            Err(_) => panic!("no complete answer within {DEADLINE:?}; got {:?}", String::from_utf8_lossy(&buf)),
+            Err(_) => panic!(
+                "no complete answer within {DEADLINE:?}; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(Err(e)) if !buf.is_empty() => {
@@ -106,11 +115,17 @@ async fn send(addr: std::net::SocketAddr, req: Vec<u8>) -> Answer {
         }
     }
     writing.abort();
-    let h = find(&buf, b"\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&buf)));
+    let h = find(&buf, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&buf)));
     let head = String::from_utf8_lossy(&buf[..h]).to_string();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {head}"));
     let mut body = buf[h + 4..].to_vec();
-    if head.to_lowercase().contains("transfer-encoding: chunked") && !head.contains("event-stream") {
+    if head.to_lowercase().contains("transfer-encoding: chunked") && !head.contains("event-stream")
+    {
         body = dechunk(&body);
     }
     Answer { status, head, body }
@@ -139,38 +154,104 @@ fn rows(s: &str, deleted: &str, unknown: &str, created_at: u64) -> Vec<Row> {
         ("two documents", b"{} {}".to_vec()),
         ("invalid UTF-8", b"\"\xff\xfe\"".to_vec()),
         ("100 000 nested arrays", "[".repeat(100_000).into_bytes()),
-        ("300 nested objects", format!("{}1{}", "{\"a\":".repeat(300), "}".repeat(300)).into_bytes()),
+        (
+            "300 nested objects",
+            format!("{}1{}", "{\"a\":".repeat(300), "}".repeat(300)).into_bytes(),
+        ),
         ("number out of range", b"1e400".to_vec()),
         ("lone surrogate", b"\"\\ud800\"".to_vec()),
     ];
     for (what, b) in &bodies {
-        add(&format!("POST {what}"), request("POST", "/sessions", &[JSON], Some(b)), E(422));
+        add(
+            &format!("POST {what}"),
+            request("POST", "/sessions", &[JSON], Some(b)),
+            E(422),
+        );
     }
     for (what, b) in bodies.iter().take(4) {
-        add(&format!("PUT {what}"), request("PUT", &sp, &[JSON], Some(b)), E(422));
-        add(&format!("PATCH {what}"), request("PATCH", &sp, &[JSON], Some(b)), E(422));
+        add(
+            &format!("PUT {what}"),
+            request("PUT", &sp, &[JSON], Some(b)),
+            E(422),
+        );
+        add(
+            &format!("PATCH {what}"),
+            request("PATCH", &sp, &[JSON], Some(b)),
+            E(422),
+        );
     }
-    add("PATCH 100 000 nested arrays", request("PATCH", &sp, &[JSON], Some(&bodies[6].1)), E(422));
-    add("PUT empty body", request("PUT", &sp, &[JSON], Some(b"")), E(422));
-    add("PATCH empty body", request("PATCH", &sp, &[JSON], Some(b"")), E(422));
-    add("POST without content type, not JSON", request("POST", "/sessions", &[], Some(b"{\"a\":")), E(422));
+    add(
+        "PATCH 100 000 nested arrays",
+        request("PATCH", &sp, &[JSON], Some(&bodies[6].1)),
+        E(422),
+    );
+    add(
+        "PUT empty body",
+        request("PUT", &sp, &[JSON], Some(b"")),
+        E(422),
+    );
+    add(
+        "PATCH empty body",
+        request("PATCH", &sp, &[JSON], Some(b"")),
+        E(422),
+    );
+    add(
+        "POST without content type, not JSON",
+        request("POST", "/sessions", &[], Some(b"{\"a\":")),
+        E(422),
+    );
     // Sizes.
     let over = vec![b' '; big + 1];
-    add("POST MAX_BODY_BYTES+1", request("POST", "/sessions", &[JSON], Some(&over)), E(413));
-    add("PUT MAX_BODY_BYTES+1", request("PUT", &sp, &[JSON], Some(&over)), E(413));
+    add(
+        "POST MAX_BODY_BYTES+1",
+        request("POST", "/sessions", &[JSON], Some(&over)),
+        E(413),
+    );
+    add(
+        "PUT MAX_BODY_BYTES+1",
+        request("PUT", &sp, &[JSON], Some(&over)),
+        E(413),
+    );
     let escaped = format!("\"{}\"", "\\u0041".repeat(1_000_000)).into_bytes();
-    add("PATCH a string of 1 M escapes", request("PATCH", &sp, &[JSON], Some(&escaped)), E(413));
+    add(
+        "PATCH a string of 1 M escapes",
+        request("PATCH", &sp, &[JSON], Some(&escaped)),
+        E(413),
+    );
     add(
         "POST declaring 10 GB",
-        request("POST", "/sessions", &[JSON, ("Content-Length", "10000000000")], Some(b"{}")),
+        request(
+            "POST",
+            "/sessions",
+            &[JSON, ("Content-Length", "10000000000")],
+            Some(b"{}"),
+        ),
         E(413),
     );
     // Content types.
-    for ct in ["text/plain", "application/xml", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"] {
-        add(&format!("POST as {ct}"), request("POST", "/sessions", &[("Content-Type", ct)], Some(b"{}")), E(415));
+    for ct in [
+        "text/plain",
+        "application/xml",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+    ] {
+        add(
+            &format!("POST as {ct}"),
+            request("POST", "/sessions", &[("Content-Type", ct)], Some(b"{}")),
+            E(415),
+        );
     }
-    add("PUT as text/plain", request("PUT", &sp, &[("Content-Type", "text/plain")], Some(b"{}")), E(415));
-    add("PATCH as text/html", request("PATCH", &sp, &[("Content-Type", "text/html")], Some(b"{}")), E(415));
+    add(
+        "PUT as text/plain",
+        request("PUT", &sp, &[("Content-Type", "text/plain")], Some(b"{}")),
+        E(415),
+    );
+    add(
+        "PATCH as text/html",
+        request("PATCH", &sp, &[("Content-Type", "text/html")], Some(b"{}")),
+        E(415),
+    );
 
     // Session ids.
     let lower = s.to_lowercase();
@@ -189,19 +270,67 @@ fn rows(s: &str, deleted: &str, unknown: &str, created_at: u64) -> Vec<Row> {
         ("unknown ULID", unknown.to_string(), 404),
     ];
     for (what, id, status) in &ids {
-        add(&format!("GET session, {what}"), request("GET", &format!("/sessions/{id}"), &[], None), E(*status));
+        add(
+            &format!("GET session, {what}"),
+            request("GET", &format!("/sessions/{id}"), &[], None),
+            E(*status),
+        );
     }
-    for (what, id, status) in ids.iter().filter(|(w, _, _)| ["lowercase ULID", "unknown ULID", "NUL"].contains(w)) {
-        add(&format!("PUT session, {what}"), request("PUT", &format!("/sessions/{id}"), &[JSON], Some(b"{}")), E(*status));
-        add(&format!("DELETE session, {what}"), request("DELETE", &format!("/sessions/{id}"), &[], None), E(*status));
-        add(&format!("stream, {what}"), request("GET", &format!("/events/{id}"), &[], None), E(*status));
-        add(&format!("history, {what}"), request("GET", &format!("/sessions/{id}/events"), &[], None), E(*status));
+    for (what, id, status) in ids
+        .iter()
+        .filter(|(w, _, _)| ["lowercase ULID", "unknown ULID", "NUL"].contains(w))
+    {
+        add(
+            &format!("PUT session, {what}"),
+            request("PUT", &format!("/sessions/{id}"), &[JSON], Some(b"{}")),
+            E(*status),
+        );
+        add(
+            &format!("DELETE session, {what}"),
+            request("DELETE", &format!("/sessions/{id}"), &[], None),
+            E(*status),
+        );
+        add(
+            &format!("stream, {what}"),
+            request("GET", &format!("/events/{id}"), &[], None),
+            E(*status),
+        );
+        add(
+            &format!("history, {what}"),
+            request("GET", &format!("/sessions/{id}/events"), &[], None),
+            E(*status),
+        );
     }
-    add("raw path traversal", request("GET", &format!("/sessions/../../{s}"), &[], None), E(404));
-    add("GET deleted", request("GET", &format!("/sessions/{deleted}"), &[], None), E(410));
-    add("PATCH deleted", request("PATCH", &format!("/sessions/{deleted}"), &[JSON], Some(b"{}")), E(410));
-    add("DELETE deleted", request("DELETE", &format!("/sessions/{deleted}"), &[], None), E(410));
-    add("stream of deleted", request("GET", &format!("/events/{deleted}"), &[], None), E(410));
+    add(
+        "raw path traversal",
+        request("GET", &format!("/sessions/../../{s}"), &[], None),
+        E(404),
+    );
+    add(
+        "GET deleted",
+        request("GET", &format!("/sessions/{deleted}"), &[], None),
+        E(410),
+    );
+    add(
+        "PATCH deleted",
+        request(
+            "PATCH",
+            &format!("/sessions/{deleted}"),
+            &[JSON],
+            Some(b"{}"),
+        ),
+        E(410),
+    );
+    add(
+        "DELETE deleted",
+        request("DELETE", &format!("/sessions/{deleted}"), &[], None),
+        E(410),
+    );
+    add(
+        "stream of deleted",
+        request("GET", &format!("/events/{deleted}"), &[], None),
+        E(410),
+    );
 
     // Usernames.
     let ten_kb = "u".repeat(10 * 1024);
@@ -215,11 +344,32 @@ fn rows(s: &str, deleted: &str, unknown: &str, created_at: u64) -> Vec<Row> {
         ("invalid UTF-8", "a%FF"),
     ];
     for (what, n) in names {
-        add(&format!("POST username {what}"), request("POST", &format!("/sessions?username={n}"), &[JSON], Some(b"{}")), E(400));
-        add(&format!("stream username {what}"), request("GET", &format!("{ev}?username={n}"), &[], None), E(400));
+        add(
+            &format!("POST username {what}"),
+            request(
+                "POST",
+                &format!("/sessions?username={n}"),
+                &[JSON],
+                Some(b"{}"),
+            ),
+            E(400),
+        );
+        add(
+            &format!("stream username {what}"),
+            request("GET", &format!("{ev}?username={n}"), &[], None),
+            E(400),
+        );
     }
-    add("PATCH username LF", request("PATCH", &format!("{sp}?username=%0A"), &[JSON], Some(b"{}")), E(400));
-    add("DELETE username CR", request("DELETE", &format!("{sp}?username=%0D"), &[], None), E(400));
+    add(
+        "PATCH username LF",
+        request("PATCH", &format!("{sp}?username=%0A"), &[JSON], Some(b"{}")),
+        E(400),
+    );
+    add(
+        "DELETE username CR",
+        request("DELETE", &format!("{sp}?username=%0D"), &[], None),
+        E(400),
+    );
 
     // Offsets and limits in queries.
     for (what, v) in [
@@ -232,39 +382,155 @@ fn rows(s: &str, deleted: &str, unknown: &str, created_at: u64) -> Vec<Row> {
         ("u64::MAX, beyond the end", "18446744073709551615"),
         ("repeated", "1&at=x"),
     ] {
-        add(&format!("at {what}"), request("GET", &format!("{sp}?at={v}"), &[], None), E(400));
+        add(
+            &format!("at {what}"),
+            request("GET", &format!("{sp}?at={v}"), &[], None),
+            E(400),
+        );
         if what.starts_with("u64::MAX") {
             // A cursor past the end is a valid, empty history page.
             continue;
         }
         let v = v.replace("at=", "after=");
-        add(&format!("history after {what}"), request("GET", &format!("{sp}/events?after={v}"), &[], None), E(400));
+        add(
+            &format!("history after {what}"),
+            request("GET", &format!("{sp}/events?after={v}"), &[], None),
+            E(400),
+        );
     }
-    add("at before the session", request("GET", &format!("{sp}?at={}", created_at.saturating_sub(1)), &[], None), E(404));
-    for (what, v) in [("zero", "0"), ("negative", "-1"), ("over 1000", "1001"), ("non-decimal", "ten"), ("huge", "99999999999999999999"), ("empty", ""), ("repeated", "5&limit=x")] {
-        add(&format!("list limit {what}"), request("GET", &format!("/sessions?limit={v}"), &[], None), E(400));
-        add(&format!("history limit {what}"), request("GET", &format!("{sp}/events?limit={v}"), &[], None), E(400));
+    add(
+        "at before the session",
+        request(
+            "GET",
+            &format!("{sp}?at={}", created_at.saturating_sub(1)),
+            &[],
+            None,
+        ),
+        E(404),
+    );
+    for (what, v) in [
+        ("zero", "0"),
+        ("negative", "-1"),
+        ("over 1000", "1001"),
+        ("non-decimal", "ten"),
+        ("huge", "99999999999999999999"),
+        ("empty", ""),
+        ("repeated", "5&limit=x"),
+    ] {
+        add(
+            &format!("list limit {what}"),
+            request("GET", &format!("/sessions?limit={v}"), &[], None),
+            E(400),
+        );
+        add(
+            &format!("history limit {what}"),
+            request("GET", &format!("{sp}/events?limit={v}"), &[], None),
+            E(400),
+        );
     }
-    add("list after garbage", request("GET", "/sessions?after=zzz", &[], None), E(400));
-    add("list after lowercase", request("GET", &format!("/sessions?after={lower}"), &[], None), E(400));
+    add(
+        "list after garbage",
+        request("GET", "/sessions?after=zzz", &[], None),
+        E(400),
+    );
+    add(
+        "list after lowercase",
+        request("GET", &format!("/sessions?after={lower}"), &[], None),
+        E(400),
+    );
 
     // Resume ids: never an error, a fresh init.
-    for v in ["-1", "abc", "99999999999999999999999", "1e3", " ", "18446744073709551615", "5 5"] {
-        add(&format!("Last-Event-ID {v:?}"), request("GET", &ev, &[("Last-Event-ID", v)], None), Init);
+    for v in [
+        "-1",
+        "abc",
+        "99999999999999999999999",
+        "1e3",
+        " ",
+        "18446744073709551615",
+        "5 5",
+    ] {
+        add(
+            &format!("Last-Event-ID {v:?}"),
+            request("GET", &ev, &[("Last-Event-ID", v)], None),
+            Init,
+        );
     }
-    add("two bad Last-Event-IDs", request("GET", &ev, &[("Last-Event-ID", "x"), ("Last-Event-ID", "y")], None), Init);
-    add("lastEventId negative", request("GET", &format!("{ev}?lastEventId=-1"), &[], None), Init);
-    add("lastEventId empty", request("GET", &format!("{ev}?lastEventId="), &[], None), Init);
-    add("Last-Event-ID before the session", request("GET", &ev, &[("Last-Event-ID", &created_at.saturating_sub(1).to_string())], None), Init);
-    add("Last-Event-ID on an unknown session", request("GET", &format!("/events/{unknown}"), &[("Last-Event-ID", "1")], None), E(404));
+    add(
+        "two bad Last-Event-IDs",
+        request(
+            "GET",
+            &ev,
+            &[("Last-Event-ID", "x"), ("Last-Event-ID", "y")],
+            None,
+        ),
+        Init,
+    );
+    add(
+        "lastEventId negative",
+        request("GET", &format!("{ev}?lastEventId=-1"), &[], None),
+        Init,
+    );
+    add(
+        "lastEventId empty",
+        request("GET", &format!("{ev}?lastEventId="), &[], None),
+        Init,
+    );
+    add(
+        "Last-Event-ID before the session",
+        request(
+            "GET",
+            &ev,
+            &[("Last-Event-ID", &created_at.saturating_sub(1).to_string())],
+            None,
+        ),
+        Init,
+    );
+    add(
+        "Last-Event-ID on an unknown session",
+        request(
+            "GET",
+            &format!("/events/{unknown}"),
+            &[("Last-Event-ID", "1")],
+            None,
+        ),
+        E(404),
+    );
 
     // If-Match.
-    for v in ["garbage", "W/\"1\"", "\"-1\"", "\"\"", "\"1", "1", "\"abc\""] {
-        add(&format!("PUT If-Match {v}"), request("PUT", &sp, &[JSON, ("If-Match", v)], Some(b"{}")), E(400));
+    for v in [
+        "garbage", "W/\"1\"", "\"-1\"", "\"\"", "\"1", "1", "\"abc\"",
+    ] {
+        add(
+            &format!("PUT If-Match {v}"),
+            request("PUT", &sp, &[JSON, ("If-Match", v)], Some(b"{}")),
+            E(400),
+        );
     }
-    add("PATCH If-Match future", request("PATCH", &sp, &[JSON, ("If-Match", "\"99999\"")], Some(b"{}")), E(412));
-    add("DELETE If-Match stale", request("DELETE", &sp, &[("If-Match", &format!("\"{created_at}\""))], None), E(412));
-    add("DELETE If-Match garbage", request("DELETE", &sp, &[("If-Match", "nope")], None), E(400));
+    add(
+        "PATCH If-Match future",
+        request(
+            "PATCH",
+            &sp,
+            &[JSON, ("If-Match", "\"99999\"")],
+            Some(b"{}"),
+        ),
+        E(412),
+    );
+    add(
+        "DELETE If-Match stale",
+        request(
+            "DELETE",
+            &sp,
+            &[("If-Match", &format!("\"{created_at}\""))],
+            None,
+        ),
+        E(412),
+    );
+    add(
+        "DELETE If-Match garbage",
+        request("DELETE", &sp, &[("If-Match", "nope")], None),
+        E(400),
+    );
 
     // Methods and routes.
     for (m, p) in [
@@ -277,7 +543,11 @@ fn rows(s: &str, deleted: &str, unknown: &str, created_at: u64) -> Vec<Row> {
         ("POST", ev.clone()),
         ("PUT", format!("{sp}/events")),
     ] {
-        let body: Option<&[u8]> = if m == "GET" || m == "DELETE" { None } else { Some(b"{}") };
+        let body: Option<&[u8]> = if m == "GET" || m == "DELETE" {
+            None
+        } else {
+            Some(b"{}")
+        };
         add(&format!("{m} {p}"), request(m, &p, &[JSON], body), E(405));
     }
     add("unknown route", request("GET", "/nope", &[], None), E(404));
@@ -294,7 +564,14 @@ async fn bad_input_table_gets_4xx_and_changes_nothing() {
     // Move S on, so its creation offset is a stale ETag.
     http.patch(&s, &json!({"more": true})).await;
     let (deleted, _) = http.create(&json!({})).await;
-    http.send(reqwest::Method::DELETE, &format!("/sessions/{deleted}"), None, &[]).await.expect(204);
+    http.send(
+        reqwest::Method::DELETE,
+        &format!("/sessions/{deleted}"),
+        None,
+        &[],
+    )
+    .await
+    .expect(204);
     let unknown = ulid::Ulid::generate().to_string();
     let before_state = http.state(&s).await;
     let before = http.status().await["log"]["nextOffset"].as_u64().unwrap();
@@ -312,9 +589,15 @@ async fn bad_input_table_gets_4xx_and_changes_nothing() {
                         && v["error"].as_str().is_some_and(|e| !e.is_empty())
                         && v["message"].as_str().is_some_and(|m| !m.is_empty())
                 });
-                let json_type = a.head.to_lowercase().contains("content-type: application/json");
+                let json_type = a
+                    .head
+                    .to_lowercase()
+                    .contains("content-type: application/json");
                 if a.status != status || !shape_ok || !json_type {
-                    Some(format!("want {status} JSON error, got {}: {body}", a.status))
+                    Some(format!(
+                        "want {status} JSON error, got {}: {body}",
+                        a.status
+                    ))
                 } else {
                     None
                 }
@@ -335,12 +618,21 @@ async fn bad_input_table_gets_4xx_and_changes_nothing() {
         }
     }
     let after = http.status().await["log"]["nextOffset"].as_u64().unwrap();
-    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
     assert_eq!(after, before, "a rejected request changed the log");
     // The streams the table opened are gone, and S is as it was.
     http.wait_clients(&s, 0).await;
     assert_eq!(http.state(&s).await, before_state);
     http.get(&format!("/sessions/{deleted}")).await.expect(410);
-    eprintln!("bad input table: {} requests, all answered as documented", rows.len());
+    eprintln!(
+        "bad input table: {} requests, all answered as documented",
+        rows.len()
+    );
     assert!(rows.len() >= 60);
 }

@@ -88,7 +88,10 @@ pub fn sessionlog_verify(dir: &Path) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run sessionlog verify");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Every event of a session's history, following `next` pages.

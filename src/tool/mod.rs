@@ -307,6 +307,7 @@ pub fn walk(
         path: log_dir.clone(),
         source,
     })?;
+    progress.reset();
     let misnamed: Vec<PathBuf> = files
         .iter()
         .filter(|s| s.base.is_none())
@@ -452,4 +453,60 @@ pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_progress() -> ProgressBar {
+        ProgressBar::hidden()
+    }
+
+    #[test]
+    fn an_empty_log_is_clean_and_starts_at_offset_zero() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("log")).unwrap();
+        let w = walk(tmp.path(), &no_progress(), |_| {
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        assert!(w.is_clean());
+        assert_eq!((w.first_offset, w.next_offset, w.segments.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn wrong_directories_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        assert!(matches!(log_dir_of(&missing), Err(ToolError::NoSuchDir(p)) if p == missing));
+        assert!(matches!(
+            log_dir_of(tmp.path()),
+            Err(ToolError::NoLogDir(_))
+        ));
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(log_dir_of(&file), Err(ToolError::NotADir(_))));
+    }
+
+    #[test]
+    fn a_header_only_newest_segment_after_a_sealed_one_is_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        std::fs::create_dir(&log).unwrap();
+        // The seed segment: base 0, six records in four commits.
+        let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds/segment_scan/clean-multi-record-commit");
+        std::fs::copy(seed, log.join(segment::file_name(0))).unwrap();
+        std::fs::write(log.join(segment::file_name(6)), segment::encode_header(6)).unwrap();
+        let mut seen = Vec::new();
+        let w = walk(tmp.path(), &no_progress(), |s| {
+            seen.push((s.base, s.usable, s.newest));
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        assert!(w.is_clean(), "{:?}", w.first_problem());
+        assert_eq!(seen, vec![(0, 6, false), (6, 0, true)]);
+        assert_eq!(w.next_offset, 6);
+    }
 }

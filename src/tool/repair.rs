@@ -262,3 +262,49 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(i: u64, newest: bool) -> super::super::SegmentSummary {
+        super::super::SegmentSummary {
+            path: PathBuf::from(segment::file_name(i * 10)),
+            base: i * 10,
+            bytes: 100,
+            records: 10,
+            records_beyond: 0,
+            newest,
+        }
+    }
+
+    #[test]
+    fn later_segments_go_newest_first_and_the_cut_comes_last() {
+        let walk = Walk {
+            root: PathBuf::from("d"),
+            log_dir: PathBuf::from("d/log"),
+            misnamed: vec![PathBuf::from("7.seg")],
+            segments: (0..4).map(|i| seg(i, i == 3)).collect(),
+            finding: None,
+            cut: Some(Cut::Truncate {
+                segment: 1,
+                position: 64,
+            }),
+            first_offset: 0,
+            next_offset: 12,
+            live_append: false,
+        };
+        assert_eq!(
+            plan(&walk),
+            vec![
+                Step::MoveAside(PathBuf::from("7.seg")),
+                Step::MoveAside(PathBuf::from(segment::file_name(30))),
+                Step::MoveAside(PathBuf::from(segment::file_name(20))),
+                Step::Truncate {
+                    path: PathBuf::from(segment::file_name(10)),
+                    position: 64
+                },
+            ]
+        );
+    }
+}

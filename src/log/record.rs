@@ -112,6 +112,9 @@ pub enum FrameError {
     BadFlags(u8),
     #[error("record commit {commit} is after its offset {offset}")]
     BadCommit { offset: Offset, commit: Offset },
+    /// Offset `u64::MAX` has no next offset, so no log can hold it.
+    #[error("record offset {0} is out of range (the largest offset is 2^64-2)")]
+    OffsetOutOfRange(Offset),
     #[error("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Crc { stored: u32, computed: u32 },
     /// An intact frame in the wrong place (found by scanners and readers, not by [`decode`]).
@@ -181,6 +184,9 @@ pub fn decode_header(buf: &[u8]) -> Result<RecordHeader, FrameError> {
         return Err(FrameError::BadFlags(flags));
     }
     let offset = u64_at(buf, OFF_OFFSET);
+    if offset == Offset::MAX {
+        return Err(FrameError::OffsetOutOfRange(offset));
+    }
     let commit = u64_at(buf, OFF_COMMIT);
     if commit > offset {
         return Err(FrameError::BadCommit { offset, commit });

@@ -14,7 +14,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use poem::http::uri::Scheme;
@@ -78,18 +80,158 @@ pub enum RunError {
 /// client (no FIN, no RST) stays counted once a heartbeat is pending.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client may take to send a request head (request line and
+/// headers), counted from the accept for the first request and from its
+/// first byte for later ones. Bounds slow-loris clients that trickle header
+/// bytes to hold connections open: hyper's own header-read timeout is inert
+/// under poem, which gives hyper no timer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts TCP connections with keepalive and `TCP_USER_TIMEOUT` set, so a
-/// half-open connection fails its next write within a bounded time.
+/// half-open connection fails its next write within a bounded time, and with
+/// [`HEADER_READ_TIMEOUT`] on request heads ([`HeadDeadline`]).
 struct Tcp(TcpAcceptor);
 
+/// A connection whose request heads must arrive within [`HEADER_READ_TIMEOUT`].
+///
+/// It watches the bytes read for the blank line that ends a head. A head is
+/// expected from the accept, and again from the first byte read after the
+/// server wrote something (the previous response). While a head is being
+/// read and the deadline passes, reads fail with `TimedOut` and hyper drops
+/// the connection. Bodies, idle keep-alive gaps and streams are not timed,
+/// except a body sent after `100 Continue` without a blank line in it, which
+/// must also arrive in time. HTTP/2 (prior knowledge) is left alone.
+/// The alternative, serving connections with hyper directly to give it a
+/// timer, would mean re-doing poem's graceful shutdown.
+struct HeadDeadline {
+    io: TcpStream,
+    /// While a head is being read: when it must be complete.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The server has written since the last head: the next byte starts one.
+    expect_head: bool,
+    /// Line feeds seen in a row (ignoring CR): 2 ends a head.
+    newlines: u8,
+    /// No byte read yet (to recognise the HTTP/2 preface).
+    first: bool,
+    /// HTTP/2: not watched.
+    off: bool,
+}
+
+impl HeadDeadline {
+    fn new(io: TcpStream) -> HeadDeadline {
+        HeadDeadline {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT))),
+            expect_head: false,
+            newlines: 0,
+            first: true,
+            off: false,
+        }
+    }
+
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.off {
+            return;
+        }
+        if std::mem::take(&mut self.first) && bytes.starts_with(b"PRI ") {
+            self.off = true;
+            self.deadline = None;
+            return;
+        }
+        if self.deadline.is_none() {
+            if !std::mem::take(&mut self.expect_head) {
+                return;
+            }
+            self.deadline = Some(Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)));
+            self.newlines = 0;
+        }
+        for &b in bytes {
+            match b {
+                b'\n' => self.newlines += 1,
+                b'\r' => {}
+                _ => self.newlines = 0,
+            }
+            if self.newlines == 2 {
+                self.deadline = None;
+                return;
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request head did not arrive within HEADER_READ_TIMEOUT",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let filled = buf.filled()[before..].to_vec();
+            this.saw(&filled);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.expect_head = true;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.expect_head = true;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 impl Acceptor for Tcp {
-    type Io = TcpStream;
+    type Io = HeadDeadline;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
         self.0.local_addr()
     }
 
-    async fn accept(&mut self) -> std::io::Result<(TcpStream, LocalAddr, RemoteAddr, Scheme)> {
+    async fn accept(&mut self) -> std::io::Result<(HeadDeadline, LocalAddr, RemoteAddr, Scheme)> {
         let (io, local, remote, scheme) = self.0.accept().await?;
         let sock = socket2::SockRef::from(&io);
         let keepalive = socket2::TcpKeepalive::new()
@@ -102,7 +244,7 @@ impl Acceptor for Tcp {
         {
             tracing::debug!(error = %e, "cannot set TCP options on an accepted connection");
         }
-        Ok((io, local, remote, scheme))
+        Ok((HeadDeadline::new(io), local, remote, scheme))
     }
 }
 

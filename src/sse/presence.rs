@@ -17,7 +17,7 @@
 //! sorted, at most [`MAX_NAMES`] of them; `clients` is the exact number of
 //! streams open on the session when the batch was taken.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,8 +32,10 @@ pub const MAX_NAMES: usize = 100;
 #[derive(Debug, Default)]
 struct Room {
     clients: usize,
-    /// username → number of open streams with that name.
-    names: HashMap<String, usize>,
+    /// username → number of open streams with that name. Ordered, so a
+    /// snapshot takes the first [`MAX_NAMES`] without sorting every name: an
+    /// `init` costs O(100), not O(n log n), and 10,000 connects stay O(n).
+    names: BTreeMap<String, usize>,
     joined: BTreeSet<String>,
     left: BTreeSet<String>,
 }
@@ -169,11 +171,9 @@ impl Presence {
 }
 
 fn room_snapshot(r: &Room) -> Snapshot {
-    let mut names: Vec<&String> = r.names.keys().collect();
-    names.sort();
     Snapshot {
         clients: r.clients,
-        usernames: capped(names.into_iter()),
+        usernames: capped(r.names.keys()),
     }
 }
 

@@ -11,6 +11,7 @@ mod crash_loop;
 mod disk_full;
 mod durability;
 mod events;
+mod fold_model;
 mod openapi;
 mod presence;
 mod sessionlog;

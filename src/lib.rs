@@ -9,7 +9,8 @@
 //! - [`fold`]: replaying the log into per-session state; state as of an offset.
 //! - [`sse`]: one subscriber's stream (resume, catch-up, live), presence, fan-out.
 //! - [`api`]: the HTTP API (poem-openapi), its errors, and the body limit.
-//! - [`server`]: wiring and the commit hook; [`shutdown`]: the stop signal.
+//! - [`server`]: wiring and the commit hook; [`shutdown`]: the stop signal;
+//!   [`conn`]: accepted sockets and noticing a client that closed.
 //!
 //! # The life of a write
 //! `PATCH /sessions/{id}` → [`api::sessions`] checks id, username, `If-Match`
@@ -26,6 +27,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod data_dir;
 pub mod event;
 pub mod fold;

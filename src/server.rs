@@ -23,7 +23,6 @@ use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::Server;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -90,7 +89,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts TCP connections with keepalive and `TCP_USER_TIMEOUT` set, so a
 /// half-open connection fails its next write within a bounded time, and with
 /// [`HEADER_READ_TIMEOUT`] on request heads ([`HeadDeadline`]).
-struct Tcp(TcpAcceptor);
+struct Tcp(TcpAcceptor, Arc<crate::conn::Connections>);
 
 /// A connection whose request heads must arrive within [`HEADER_READ_TIMEOUT`].
 ///
@@ -104,7 +103,7 @@ struct Tcp(TcpAcceptor);
 /// The alternative, serving connections with hyper directly to give it a
 /// timer, would mean re-doing poem's graceful shutdown.
 struct HeadDeadline {
-    io: TcpStream,
+    io: crate::conn::Conn,
     /// While a head is being read: when it must be complete.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The server has written since the last head: the next byte starts one.
@@ -118,7 +117,7 @@ struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    fn new(io: TcpStream) -> HeadDeadline {
+    fn new(io: crate::conn::Conn) -> HeadDeadline {
         HeadDeadline {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT))),
@@ -244,6 +243,10 @@ impl Acceptor for Tcp {
         {
             tracing::debug!(error = %e, "cannot set TCP options on an accepted connection");
         }
+        let io = match remote.as_socket_addr() {
+            Some(peer) => self.1.watch(io, *peer),
+            None => self.1.watch(io, SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
         Ok((HeadDeadline::new(io), local, remote, scheme))
     }
 }
@@ -337,8 +340,10 @@ pub async fn run(
         shutdown: token.clone(),
     };
     let presence_task = tokio::spawn(streams.clone().run_presence());
+    let connections = crate::conn::Connections::new();
     let state = AppState {
         streams,
+        connections: connections.clone(),
         config: Arc::new(config.clone()),
         started: Instant::now(),
     };
@@ -378,7 +383,7 @@ pub async fn run(
             token.cancel();
         }
     };
-    let served = Server::new_with_acceptor(Tcp(acceptor))
+    let served = Server::new_with_acceptor(Tcp(acceptor, connections))
         .run_with_graceful_shutdown(
             crate::web::with_site(api::app(state), site),
             signal,

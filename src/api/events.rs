@@ -196,6 +196,7 @@ impl EventsApi {
         /// Resume after this offset (wins over `lastEventId`).
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
+        req: &poem::Request,
     ) -> Result<StreamResponse, ApiError> {
         let id = parse_id(&id.0)?;
         let username = check_username(username.0)?;
@@ -216,7 +217,11 @@ impl EventsApi {
             stats.first_offset,
             streams.log.durable_end(),
         );
-        let stream = streams.open(id, username, from);
+        let closed = req
+            .remote_addr()
+            .as_socket_addr()
+            .and_then(|peer| self.state.connections.closed(peer));
+        let stream = streams.open(id, username, from, closed);
         Ok(StreamResponse::Ok(SseBody(Body::from_bytes_stream(stream))))
     }
 }

@@ -42,6 +42,9 @@ pub const DEFAULT_USERNAME: &str = "anonymous";
 #[derive(Clone)]
 pub struct AppState {
     pub streams: Streams,
+    /// Close tokens of the open connections, so streams end when their
+    /// client goes away.
+    pub connections: Arc<crate::conn::Connections>,
     pub config: Arc<Config>,
     pub started: Instant,
 }

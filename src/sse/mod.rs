@@ -71,6 +71,8 @@ struct Subscriber {
     username: String,
     sub: Subscription,
     _guard: PresenceGuard,
+    /// Cancelled when the client's connection closes ([`crate::conn`]).
+    closed: CancellationToken,
     /// Resume point: every event of the session up to here has been sent.
     last: Offset,
     phase: Phase,
@@ -81,12 +83,14 @@ struct Subscriber {
 impl Streams {
     /// Opens the stream of `username` on `session`, which the caller checked
     /// exists and is live. The client is counted from now until the stream
-    /// is dropped.
+    /// is dropped. `closed`, when given, ends the stream as soon as the
+    /// client's connection is seen to close.
     pub fn open(
         &self,
         session: Ulid,
         username: String,
         from: ResumeFrom,
+        closed: Option<CancellationToken>,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let sub = self.hub.subscribe(session);
         let guard = self.presence.join(session, &username);
@@ -99,6 +103,7 @@ impl Streams {
             username,
             sub,
             _guard: guard,
+            closed: closed.unwrap_or_default(),
             last: 0,
             phase: Phase::Start(from),
             out: VecDeque::new(),
@@ -142,7 +147,7 @@ impl Subscriber {
             if let Some(b) = self.out.pop_front() {
                 return Some(b);
             }
-            if self.streams.shutdown.is_cancelled() {
+            if self.streams.shutdown.is_cancelled() || self.closed.is_cancelled() {
                 self.phase = Phase::Done;
             }
             match self.phase {
@@ -238,6 +243,7 @@ impl Subscriber {
     async fn live(&mut self) {
         tokio::select! {
             _ = self.streams.shutdown.cancelled() => self.phase = Phase::Done,
+            _ = self.closed.cancelled() => self.phase = Phase::Done,
             _ = self.heartbeat.tick() => self.out.push_back(frame::ping()),
             msg = self.sub.recv() => match msg {
                 Ok(HubMsg::Event { offset, frame, ends }) => {

@@ -14,7 +14,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event::Event;
+use ulid::Ulid;
+
+use crate::event::{rfc3339_millis, BodyError, Event, EventBody};
 use crate::log::{Offset, RecordKind};
 
 /// Reconnection delay announced in the first frame of every stream, in ms.
@@ -106,13 +108,114 @@ pub fn event_parts(name: EventName, id: Option<Offset>, parts: &[Bytes]) -> Vec<
 }
 
 /// The `update` or `delete` frame of a persisted event, with `id: <offset>`.
+///
+/// The data is the event object of [`Event::to_json`], written field by
+/// field rather than through a `serde_json::Map` (no copy of the document).
 pub fn persisted(e: &Event) -> Bytes {
-    let name = match e.kind {
+    let mut json = Vec::with_capacity(256);
+    let doc = |out: &mut Vec<u8>| {
+        let v = e.json.as_ref().unwrap_or(&serde_json::Value::Null);
+        serde_json::to_writer(out, v).expect("a JSON value always serializes");
+    };
+    event_object(
+        &mut json,
+        e.offset,
+        e.session,
+        e.kind,
+        doc,
+        &e.username,
+        e.at_ms,
+    );
+    event(event_name(e.kind), Some(e.offset), &json)
+}
+
+/// The frame of a record read back from the log, made without parsing its
+/// JSON: the stored text is embedded as it is. It is valid, compact JSON
+/// because every record below the durable end was either folded (parsed) at
+/// startup or serialized by this server; a text with a line break (a foreign
+/// producer's pretty-printing) is parsed and re-serialized instead.
+/// Byte-for-byte the same as [`persisted`] of the decoded event.
+///
+/// # Errors
+/// [`BodyError`] when the body does not decode (or its JSON, when parsed).
+pub fn persisted_record(
+    offset: Offset,
+    session: Ulid,
+    kind: RecordKind,
+    body: &[u8],
+) -> Result<Bytes, BodyError> {
+    let body = EventBody::decode(body)?;
+    let raw = body.json.as_bytes();
+    let mut json = Vec::with_capacity(raw.len() + 160);
+    if single_line(raw) {
+        let doc = |out: &mut Vec<u8>| out.extend_from_slice(raw);
+        event_object(
+            &mut json,
+            offset,
+            session,
+            kind,
+            doc,
+            &body.username,
+            body.at_ms,
+        );
+    } else {
+        let v: serde_json::Value = serde_json::from_str(&body.json)?;
+        let doc = |out: &mut Vec<u8>| {
+            serde_json::to_writer(out, &v).expect("a JSON value always serializes")
+        };
+        event_object(
+            &mut json,
+            offset,
+            session,
+            kind,
+            doc,
+            &body.username,
+            body.at_ms,
+        );
+    }
+    Ok(event(event_name(kind), Some(offset), &json))
+}
+
+fn event_name(kind: RecordKind) -> EventName {
+    match kind {
         RecordKind::Deleted => EventName::Delete,
         _ => EventName::Update,
-    };
-    let json = serde_json::to_vec(&e.to_json()).expect("a JSON value always serializes");
-    event(name, Some(e.offset), &json)
+    }
+}
+
+/// `{"offset","session","kind","data"|"patch","username","at"}` into `out`,
+/// with the document or patch written by `doc` (nothing for a delete).
+fn event_object(
+    out: &mut Vec<u8>,
+    offset: Offset,
+    session: Ulid,
+    kind: RecordKind,
+    doc: impl FnOnce(&mut Vec<u8>),
+    username: &str,
+    at_ms: i64,
+) {
+    use std::io::Write as _;
+    let to_vec = "writing into a Vec cannot fail";
+    write!(
+        out,
+        "{{\"offset\":{offset},\"session\":\"{session}\",\"kind\":\"{}\"",
+        kind.as_str()
+    )
+    .expect(to_vec);
+    match kind {
+        RecordKind::Created | RecordKind::Replaced => {
+            out.extend_from_slice(b",\"data\":");
+            doc(out);
+        }
+        RecordKind::Patched => {
+            out.extend_from_slice(b",\"patch\":");
+            doc(out);
+        }
+        RecordKind::Deleted => {}
+    }
+    out.extend_from_slice(b",\"username\":");
+    serde_json::to_writer(&mut *out, username).expect(to_vec);
+    write!(out, ",\"at\":\"{}\"}}", rfc3339_millis(at_ms)).expect(to_vec);
 }
 
 fn single_line(b: &[u8]) -> bool {
@@ -197,6 +300,51 @@ mod tests {
         assert_eq!(&lines[3..], ["", ""]);
         let back: serde_json::Value = serde_json::from_str(&lines[2]["data: ".len()..]).unwrap();
         assert_eq!(back, e.to_json());
+    }
+
+    #[test]
+    fn record_frames_equal_event_frames() {
+        let docs = [
+            Some(json!({"t": "a\nb", "n": [1, 2.5, null], "o": {"z": 1, "a": true}})),
+            Some(json!("\u{2028}")),
+            Some(serde_json::Value::Null),
+            None,
+        ];
+        for kind in [
+            RecordKind::Created,
+            RecordKind::Replaced,
+            RecordKind::Patched,
+            RecordKind::Deleted,
+        ] {
+            for doc in &docs {
+                let json = match kind {
+                    RecordKind::Deleted => None,
+                    _ => Some(doc.clone().unwrap_or_default()),
+                };
+                let text = json.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                let body = EventBody {
+                    json: text,
+                    username: "ana \"x\"\n".into(),
+                    at_ms: 1_764_780_350_123,
+                };
+                let e = Event::from_record(9, 5, kind, &body.encode()).unwrap();
+                let fast = persisted_record(9, Ulid(5), kind, &body.encode()).unwrap();
+                assert_eq!(fast, persisted(&e), "{kind:?} {doc:?}");
+                let data = &fast[fast.iter().position(|&b| b == b'{').unwrap()..fast.len() - 2];
+                let back: serde_json::Value = serde_json::from_slice(data).unwrap();
+                assert_eq!(back, e.to_json());
+            }
+        }
+        // A pretty-printed document (not from this server) is re-serialized.
+        let body = EventBody {
+            json: "{\n  \"a\": 1\n}".into(),
+            username: String::new(),
+            at_ms: 0,
+        };
+        let f = persisted_record(1, Ulid(5), RecordKind::Replaced, &body.encode()).unwrap();
+        assert!(f.ends_with(
+            b"\"data\":{\"a\":1},\"username\":\"\",\"at\":\"1970-01-01T00:00:00.000Z\"}\n\n"
+        ));
     }
 
     #[test]

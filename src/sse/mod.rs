@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::event::{rfc3339_millis, RecordKind};
-use crate::fold::{read_events, Sessions};
+use crate::fold::{read_with, Sessions};
 use crate::log::{Log, Offset};
 use frame::EventName;
 use hub::{Hub, HubMsg, Subscription};
@@ -216,9 +216,16 @@ impl Subscriber {
             return;
         }
         let log = self.streams.log.clone();
-        let read = tokio::task::spawn_blocking(move || read_events(&log, &offsets)).await;
-        let events = match read {
-            Ok(Ok(events)) => events,
+        // Frames straight from the records: the stored JSON is not parsed.
+        let read = tokio::task::spawn_blocking(move || {
+            read_with(&log, &offsets, |r| {
+                let frame = frame::persisted_record(r.offset, Ulid(r.key), r.kind, r.body)?;
+                Ok((r.offset, r.kind, frame))
+            })
+        })
+        .await;
+        let frames = match read {
+            Ok(Ok(frames)) => frames,
             Ok(Err(e)) => {
                 tracing::error!(session = %self.session, after = self.last, error = %e, "catch-up read failed; ending the stream so the client resumes");
                 self.phase = Phase::Done;
@@ -230,10 +237,10 @@ impl Subscriber {
                 return;
             }
         };
-        for e in events {
-            self.out.push_back(frame::persisted(&e));
-            self.last = e.offset;
-            if e.kind == RecordKind::Deleted {
+        for (offset, kind, frame) in frames {
+            self.out.push_back(frame);
+            self.last = offset;
+            if kind == RecordKind::Deleted {
                 self.phase = Phase::Done;
                 return;
             }

@@ -101,9 +101,6 @@ export class Server {
         HOST: '127.0.0.1',
         PORT: String(this.port),
         DATA_DIR: this.dataDir,
-        // A vanished stream is noticed when a write to it fails, at the latest
-        // at the next heartbeat: 1 s keeps leave events prompt in the tests.
-        HEARTBEAT_SECS: '1',
         ...this.env,
       },
       cwd: this.dataDir,

@@ -133,6 +133,12 @@ describe('built-in page', () => {
       const s = await shown(a);
       return !s.people.includes('bob') && s.clients === 1 && s.log.some((e) => e.event === 'leave');
     });
+
+    // A delete ends the stream; the page says so and stops reconnecting.
+    await server.expect(204, 'DELETE', `/sessions/${id}?username=admin`);
+    await waitFor('alice to see the delete', async () => (await shown(a)).conn.state === 'deleted');
+    assert.equal(await a.evaluate(() => window.sessiond.live.es), null);
+    assert.equal(await a.isVisible('#deleted-note'), true);
     assert.deepEqual(a.problems, []);
     assert.deepEqual(b.problems, []);
     await a.context().close();

@@ -9,6 +9,8 @@
 //! - [`fold`]: replaying the log into per-session state; state as of an offset.
 //! - [`sse`]: one subscriber's stream (resume, catch-up, live), presence, fan-out.
 //! - [`api`]: the HTTP API (poem-openapi), its errors, and the body limit.
+//! - [`web`]: the built-in web page (or `STATIC_DIR`), routed beside the API
+//!   by path prefix so it never shadows it; used by [`server`] only.
 //! - [`server`]: wiring and the commit hook; [`shutdown`]: the stop signal;
 //!   [`conn`]: accepted sockets and noticing a client that closed.
 //!

@@ -174,6 +174,44 @@ describe('built-in page', () => {
     await page.context().close();
   });
 
+  test('the page\'s merge patch follows RFC 7396 (Appendix A) and agrees with the server', async () => {
+    const page = await newPage(browser);
+    await page.goto(server.base + '/');
+    const table = [
+      [{ a: 'b' }, { a: 'c' }, { a: 'c' }],
+      [{ a: 'b' }, { b: 'c' }, { a: 'b', b: 'c' }],
+      [{ a: 'b' }, { a: null }, {}],
+      [{ a: 'b', b: 'c' }, { a: null }, { b: 'c' }],
+      [{ a: ['b'] }, { a: 'c' }, { a: 'c' }],
+      [{ a: 'c' }, { a: ['b'] }, { a: ['b'] }],
+      [{ a: { b: 'c' } }, { a: { b: 'd', c: null } }, { a: { b: 'd' } }],
+      [{ a: [{ b: 'c' }] }, { a: [1] }, { a: [1] }],
+      [['a', 'b'], ['c', 'd'], ['c', 'd']],
+      [{ a: 'b' }, ['c'], ['c']],
+      [{ a: 'foo' }, null, null],
+      [{ a: 'foo' }, 'bar', 'bar'],
+      [{ e: null }, { a: 1 }, { e: null, a: 1 }],
+      [[1, 2], { a: 'b', c: null }, { a: 'b' }],
+      [{}, { a: { bb: { ccc: null } } }, { a: { bb: {} } }],
+    ];
+    for (const [target, patch, expected] of table) {
+      const got = await page.evaluate(([t, p]) => window.sessiond.mergePatch(t, p), [target, patch]);
+      assert.deepEqual(got, expected, `${JSON.stringify(target)} + ${JSON.stringify(patch)}`);
+      // The server, through the API, agrees.
+      const { id } = await server.expect(201, 'POST', '/sessions', JSON.stringify(target));
+      await server.expect(200, 'PATCH', `/sessions/${id}`, JSON.stringify(patch));
+      assert.deepEqual((await stateOf(server, id)).data, expected);
+    }
+    // A "__proto__" key is data: it neither changes the prototype nor is lost.
+    const proto = await page.evaluate(() => {
+      const out = window.sessiond.mergePatch({}, JSON.parse('{"__proto__":{"x":1}}'));
+      return { json: JSON.stringify(out), plain: Object.getPrototypeOf(out) === Object.prototype, x: out.x };
+    });
+    assert.deepEqual(proto, { json: '{"__proto__":{"x":1}}', plain: true, x: undefined });
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
   // cases.md case 2, in a real browser: presence frames never move the
   // browser's Last-Event-ID. A bare EventSource (not the page's code) records
   // MessageEvent.lastEventId of everything it dispatches.

@@ -217,8 +217,8 @@
     // `clients` figure from the server is exact.
     people: new Map(),
     clients: 0,
-    // Every MessageEvent received, for the browser tests: {type, lastEventId, offset}.
-    received: [],
+    // Whether an init has been applied since the session was opened.
+    initialised: false,
   };
 
   function renderState() {
@@ -267,9 +267,8 @@
     while (log.children.length > MAX_LOG) log.lastElementChild.remove();
   }
 
-  function noteReceived(ev, offset) {
+  function noteReceived(ev) {
     live.cursor = ev.lastEventId;
-    live.received.push({ type: ev.type, lastEventId: ev.lastEventId, offset: offset === undefined ? null : offset });
   }
 
   function parse(ev) {
@@ -284,8 +283,9 @@
   function onInit(ev) {
     const d = parse(ev);
     if (!d) return;
-    noteReceived(ev, d.session.offset);
-    const resumed = live.downAt !== null || live.received.length > 1;
+    noteReceived(ev);
+    const again = live.initialised;
+    live.initialised = true;
     live.state = d.session.data;
     live.offset = d.session.offset;
     live.people = new Map((d.usernames || []).map((n) => [n, 1]));
@@ -293,13 +293,14 @@
     renderState();
     renderPeople();
     addLog('init', d.session.offset, 'state replaced at offset ' + d.session.offset + ' · ' + d.clients + ' connected');
-    if (resumed) setConn('live', 'live · re-initialised at offset ' + d.session.offset);
+    // A second init (the server could not resume from our id) replaced everything.
+    if (again) setConn('live', 'live · re-initialised at offset ' + d.session.offset);
   }
 
   function onUpdate(ev) {
     const e = parse(ev);
     if (!e) return;
-    noteReceived(ev, e.offset);
+    noteReceived(ev);
     if (e.kind === 'replaced') {
       live.state = e.data;
     } else if (e.kind === 'patched') {
@@ -318,7 +319,7 @@
   function onDelete(ev) {
     const e = parse(ev);
     if (!e) return;
-    noteReceived(ev, e.offset);
+    noteReceived(ev);
     live.deleted = true;
     live.offset = e.offset;
     renderState();
@@ -331,7 +332,7 @@
   function onPresence(ev) {
     const d = parse(ev);
     if (!d) return;
-    noteReceived(ev, undefined);
+    noteReceived(ev);
     for (const n of d.usernames || []) {
       const c = live.people.get(n) || 0;
       if (ev.type === 'join') live.people.set(n, c + 1);
@@ -412,7 +413,7 @@
     closeStream();
     Object.assign(live, {
       id, username, state: undefined, offset: null, cursor: '', downAt: null,
-      deleted: false, people: new Map(), clients: 0, received: [],
+      deleted: false, people: new Map(), clients: 0, initialised: false,
     });
     $('session-id').textContent = id;
     $('me').textContent = username;

@@ -28,9 +28,25 @@ fn opts(segment_bytes: u64) -> LogOptions {
 }
 
 fn open(dir: &Path, o: LogOptions) -> (Log, RecoveryReport) {
-    let (log, report) = Log::open(dir, o).unwrap();
+    let (log, report) = open_unstarted(dir, o).unwrap();
     log.start_writer(Box::new(|_| {}));
     (log, report)
+}
+
+/// `Log::open`, waiting out a lock that a concurrently spawned child process
+/// holds for an instant: between fork and exec a child shares this process's
+/// open file descriptions (flock locks included) until exec closes them
+/// (O_CLOEXEC). Only tests spawn processes while reopening logs in-process.
+fn open_unstarted(dir: &Path, o: LogOptions) -> Result<(Log, RecoveryReport), OpenError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Log::open(dir, o.clone()) {
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn entry(key: u128, kind: RecordKind, body: &[u8]) -> AppendEntry {
@@ -296,7 +312,7 @@ fn damage_followed_by_a_later_commit_is_refused_and_nothing_changes() {
     let pos = positions(&seg);
     flip_bit(&seg, pos[0] + record::HEADER_LEN as u64 + 1);
     let before = std::fs::read(&seg).unwrap();
-    let err = match Log::open(tmp.path(), opts(64 << 20)) {
+    let err = match open_unstarted(tmp.path(), opts(64 << 20)) {
         Err(OpenError::Corrupt(c)) => c,
         Err(e) => panic!("expected corruption, got {e}"),
         Ok(_) => panic!("expected corruption, got an open log"),
@@ -348,7 +364,7 @@ fn sealed_damage_missing_and_misnamed_segments_are_refused() {
         assert!(segs.len() >= 4);
         (tmp, segs)
     };
-    let refused = |dir: &Path| match Log::open(dir, opts(400)) {
+    let refused = |dir: &Path| match open_unstarted(dir, opts(400)) {
         Err(OpenError::Corrupt(c)) => c,
         Err(e) => panic!("expected corruption, got {e}"),
         Ok(_) => panic!("expected corruption, got an open log"),
@@ -459,7 +475,7 @@ fn concurrent_if_match_writers_cannot_both_win() {
 #[test]
 fn the_commit_hook_sees_every_record_in_order_before_the_ack() {
     let tmp = tempfile::tempdir().unwrap();
-    let (log, _) = Log::open(tmp.path(), opts(500)).unwrap();
+    let (log, _) = open_unstarted(tmp.path(), opts(500)).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     log.start_writer(Box::new(move |records| {
@@ -498,7 +514,7 @@ fn interval_policy_publishes_only_after_the_sync() {
         segment_bytes: 64 << 20,
         fsync: FsyncPolicy::Interval(Duration::from_millis(50)),
     };
-    let (log, _) = Log::open(tmp.path(), o).unwrap();
+    let (log, _) = open_unstarted(tmp.path(), o).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     log.start_writer(Box::new(move |records| {
@@ -675,7 +691,7 @@ proptest! {
         let mut bytes = std::fs::read(&segs[i]).unwrap();
         bytes[at as usize] ^= 1 << bit;
         std::fs::write(&segs[i], bytes).unwrap();
-        if let Ok((log, _)) = Log::open(tmp.path(), opts(400)) {
+        if let Ok((log, _)) = open_unstarted(tmp.path(), opts(400)) {
             let after = read_all(&log);
             prop_assert!(after.len() < before.len() && after.len().is_multiple_of(2));
             prop_assert_eq!(&before[..after.len()], &after[..]);
@@ -764,7 +780,7 @@ fn acknowledged_appends_survive_sigkill() {
                 );
             }
         }
-        let (log, _) = Log::open(tmp.path(), opts(4096))
+        let (log, _) = open_unstarted(tmp.path(), opts(4096))
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let records = read_all(&log);
         for (i, r) in records.iter().enumerate() {
@@ -895,7 +911,7 @@ fn case23_interval_mode_never_publishes_unsynced_records() {
         segment_bytes: 64 << 20,
         fsync: FsyncPolicy::Interval(Duration::from_secs(60)),
     };
-    let (log, _) = Log::open(tmp.path(), o).unwrap();
+    let (log, _) = open_unstarted(tmp.path(), o).unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     log.start_writer(Box::new(move |records| {
@@ -942,7 +958,7 @@ fn case27_lock_file_contents_do_not_matter_and_bad_dirs_get_a_clear_error() {
     drop(log);
     let file = tmp.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    match Log::open(&file, opts(64 << 20)) {
+    match open_unstarted(&file, opts(64 << 20)) {
         Err(e @ OpenError::Io { .. }) => assert!(e.to_string().contains("not-a-dir"), "{e}"),
         Err(e) => panic!("expected an I/O error naming the path, got {e}"),
         Ok(_) => panic!("opened a file as a data directory"),

@@ -8,11 +8,18 @@
 #
 #   e2e/run.sh                      # everything
 #   e2e/run.sh --test-name-pattern=mobile
+#   E2E_PROFILE=release e2e/run.sh  # test the release binary (CI: already built)
 set -euo pipefail
 
 E2E="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$E2E")"
 CHROMIUM="${CHROMIUM_PATH:-/usr/bin/chromium}"
+PROFILE="${E2E_PROFILE:-debug}"
+case "$PROFILE" in
+  debug) build_flags=() ;;
+  release) build_flags=(--release) ;;
+  *) echo "e2e: E2E_PROFILE=$PROFILE is not valid: use debug or release" >&2; exit 2 ;;
+esac
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -30,12 +37,12 @@ if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules
   npm ci --no-audit --no-fund
 fi
 
-echo "e2e: cargo build --bin sessiond" >&2
-(cd "$REPO" && cargo build --bin sessiond)
+echo "e2e: cargo build --bin sessiond ${build_flags[*]:-}" >&2
+(cd "$REPO" && cargo build --bin sessiond "${build_flags[@]}")
 # Tests run a private copy, so a concurrent build in the shared target/ cannot
 # swap the binary under a running test.
 mkdir -p .bin
-cp "${CARGO_TARGET_DIR:-$REPO/target}/debug/sessiond" .bin/sessiond.new
+cp "${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/sessiond" .bin/sessiond.new
 mv .bin/sessiond.new .bin/sessiond
 
 export SESSIOND_BIN="$E2E/.bin/sessiond" CHROMIUM_PATH="$CHROMIUM"

@@ -79,6 +79,7 @@ impl EventObject {
 pub struct EventPage {
     pub events: Vec<EventObject>,
     /// Pass as `after` to get the next page; `null` when there is no more.
+    #[oai(nullable)]
     pub next: Option<u64>,
 }
 
@@ -137,6 +138,7 @@ impl EventsApi {
         /// Return events with an offset greater than this.
         after: Query<Option<String>>,
         /// Page size, 1..=1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u64>>,
     ) -> Result<Json<EventPage>, ApiError> {
         let id = parse_id(&id.0)?;

@@ -140,7 +140,10 @@ async fn read_body<E: Endpoint>(
         ));
     }
     let method = req.method().clone();
-    if method == Method::POST || method == Method::PUT || method == Method::PATCH {
+    let path = req.uri().path().to_owned();
+    // Only bodies of routes that take them: elsewhere the router answers 405/404.
+    let takes_body = allowed_methods(&path).is_some_and(|a| a.contains(method.as_str()));
+    if takes_body && (method == Method::POST || method == Method::PUT || method == Method::PATCH) {
         let too_large = || {
             error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -187,7 +190,30 @@ async fn read_body<E: Endpoint>(
         }
         req.set_body(body);
     }
-    Ok(ep.call(req).await?.into_response())
+    match ep.call(req).await {
+        Ok(r) => Ok(r.into_response()),
+        Err(e) if e.status() == StatusCode::METHOD_NOT_ALLOWED => {
+            // RFC 9110 §15.5.6: a 405 lists the methods the path allows.
+            let mut r = errors::normalize(e, max);
+            if let Some(allow) = allowed_methods(&path) {
+                r.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The methods each route allows, for the `Allow` header of a 405.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match parts.as_slice() {
+        ["sessions"] => Some("GET, POST"),
+        ["sessions", _] => Some("GET, PUT, PATCH, DELETE"),
+        ["sessions", _, "events"] | ["events", _] | ["status"] | ["openapi.json"] => Some("GET"),
+        _ => None,
+    }
 }
 
 /// The first query parameter given twice, if any: the handlers read the first

@@ -109,6 +109,7 @@ pub struct SessionSummary {
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
     /// Pass as `after` to get the next page; `null` on the last page.
+    #[oai(nullable)]
     pub next: Option<String>,
 }
 
@@ -256,16 +257,19 @@ impl SessionsApi {
         &self,
         /// Who creates it (at most 64 characters, no control characters).
         username: Query<Option<String>>,
-        /// The initial document.
-        body: Json<Value>,
+        /// The initial document (optional: no body means `{}`).
+        body: Json<Option<Value>>,
     ) -> Result<CreateResponse, ApiError> {
         let username = check_username(username.0)?;
+        // `Option` only marks the body optional in the spec: an empty body
+        // arrives here as `{}` (see `api`), and `null` decodes to `None`.
+        let doc = body.0.unwrap_or(Value::Null);
         let id = Ulid::generate();
         let offset = self
             .append(
                 id,
                 RecordKind::Created,
-                Some(&body.0),
+                Some(&doc),
                 username,
                 Precondition::Absent,
             )
@@ -287,6 +291,7 @@ impl SessionsApi {
     async fn list(
         &self,
         /// Page size, 1..=1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u64>>,
         /// Return sessions whose id is greater than this one.
         after: Query<Option<String>>,

@@ -22,7 +22,9 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
     "$VENV/bin/pip" install --quiet 'schemathesis>=4,<5'
 fi
 
-cargo build --quiet --bin sessiond
+# PROFILE=release tests the release binary (what .ci/run has already built).
+PROFILE="${PROFILE:-debug}"
+if [ "$PROFILE" = release ]; then cargo build --quiet --release --bin sessiond; else cargo build --quiet --bin sessiond; fi
 DATA=$(mktemp -d)
 LOG="$DATA/sessiond.log"
 cleanup() {
@@ -31,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-DATA_DIR="$DATA/data" PORT=0 FSYNC=never RUST_LOG=warn,sessiond=info target/debug/sessiond >"$LOG" 2>&1 &
+DATA_DIR="$DATA/data" PORT=0 FSYNC=never RUST_LOG=warn,sessiond=info "target/$PROFILE/sessiond" >"$LOG" 2>&1 &
 PID=$!
 ADDR=""
 for _ in $(seq 1 200); do

@@ -136,11 +136,10 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            // Into the unfilled part as it is: `initialize_unfilled` would
+            // zero hyper's whole read buffer (8 KiB) on every read.
+            match self.io.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }

@@ -176,8 +176,7 @@ impl tokio::io::AsyncRead for HeadDeadline {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            let filled = buf.filled()[before..].to_vec();
-            this.saw(&filled);
+            this.saw(&buf.filled()[before..]);
         }
         r
     }

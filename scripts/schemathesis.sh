@@ -9,7 +9,9 @@
 #   EXAMPLES=1000 scripts/schemathesis.sh
 #
 # The coverage phase is skipped: schemathesis 4.32 crashes inside it on
-# GET /sessions (a SystemError in its own schema walker, not a server answer).
+# GET /sessions, and with several workers also while fuzzing (a SystemError
+# "AST constructor recursion depth mismatch" in its own code under CPython
+# 3.11, not a server answer): one worker, no coverage phase.
 #
 # schemathesis is installed once into a venv under ~/.cache (VENV to change).
 set -euo pipefail
@@ -53,7 +55,7 @@ for i in 1 2 3; do curl -sf -X POST "$ADDR/sessions" -H 'content-type: applicati
     --exclude-path '/events/{id}' \
     --max-examples "$EXAMPLES" \
     --seed "${SEED:-1}" \
-    --workers 2 \
+    --workers 1 \
     --phases examples,fuzzing,stateful \
     --no-color
 status=$?

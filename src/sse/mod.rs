@@ -23,6 +23,8 @@ pub mod presence;
 pub mod resume;
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -73,6 +75,11 @@ struct Subscriber {
     _guard: PresenceGuard,
     /// Cancelled when the client's connection closes ([`crate::conn`]).
     closed: CancellationToken,
+    /// Resolves once `closed` or the server's shutdown token is cancelled.
+    /// Made once and kept: a live stream waits on it beside its channel, and
+    /// a fresh `cancelled()` per event would register with (and leave) both
+    /// tokens' waiter lists under their locks for every delivery.
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Resume point: every event of the session up to here has been sent.
     last: Offset,
     phase: Phase,
@@ -94,6 +101,16 @@ impl Streams {
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let sub = self.hub.subscribe(session);
         let guard = self.presence.join(session, &username);
+        let closed = closed.unwrap_or_default();
+        let ended = {
+            let (shutdown, closed) = (self.shutdown.clone(), closed.clone());
+            Box::pin(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = closed.cancelled() => {}
+                }
+            })
+        };
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -103,7 +120,8 @@ impl Streams {
             username,
             sub,
             _guard: guard,
-            closed: closed.unwrap_or_default(),
+            closed,
+            ended,
             last: 0,
             phase: Phase::Start(from),
             out: VecDeque::new(),
@@ -249,8 +267,8 @@ impl Subscriber {
 
     async fn live(&mut self) {
         tokio::select! {
-            _ = self.streams.shutdown.cancelled() => self.phase = Phase::Done,
-            _ = self.closed.cancelled() => self.phase = Phase::Done,
+            // Never polled again once ready: the stream is then done.
+            _ = &mut self.ended => self.phase = Phase::Done,
             _ = self.heartbeat.tick() => self.out.push_back(frame::ping()),
             msg = self.sub.recv() => match msg {
                 Ok(HubMsg::Event { offset, frame, ends }) => {

@@ -107,6 +107,18 @@ impl Lat {
     }
 }
 
+/// CPU time (user + system) used by this process, the load generator, so far.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct passed.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
+}
+
 /// Raises the soft open-file limit to the hard limit; returns the new limit.
 fn raise_nofile() -> u64 {
     let mut rl = libc::rlimit {
@@ -174,6 +186,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);
+        // Allocator experiments (MALLOC_ARENA_MAX=…) reach the server.
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")) {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -730,15 +746,18 @@ async fn scenario_writes(mode: Mode, report: &Report, only_ceiling: bool) -> Res
         sessions.push(create_session(server.addr).await?);
     }
     let sessions = Arc::new(sessions);
-    let cpu0 = server.cpu()?;
+    let (cpu0, own0) = (server.cpu()?, own_cpu());
     let (before, lat) = status_ceiling(server.addr, 64, mode.window()).await?;
-    let cpu_status = (server.cpu()? - cpu0).as_secs_f64() / mode.window().as_secs_f64();
+    let secs = mode.window().as_secs_f64();
+    let cpu_status = (server.cpu()? - cpu0).as_secs_f64() / secs;
+    let own = (own_cpu() - own0).as_secs_f64() / secs;
     report.add(
         "ceiling GET /status c=64 (before writes)",
         format!(
-            "{before:.0} req/s, {}; server CPU {:.0}%",
+            "{before:.0} req/s, {}; CPU: server {:.0}%, load generator {:.0}%",
             lat.summary(),
-            cpu_status * 100.0
+            cpu_status * 100.0,
+            own * 100.0
         ),
     );
     if only_ceiling {
@@ -746,19 +765,21 @@ async fn scenario_writes(mode: Mode, report: &Report, only_ceiling: bool) -> Res
     }
     let mut at64 = 0.0;
     for n in [1, 16, 64, 256] {
-        let cpu0 = server.cpu()?;
+        let (cpu0, own0) = (server.cpu()?, own_cpu());
         let (rate, lat, errors) =
             write_load(server.addr, sessions.clone(), n, mode.window()).await?;
         let cpu = (server.cpu()? - cpu0).as_secs_f64() / mode.window().as_secs_f64();
+        let own = (own_cpu() - own0).as_secs_f64() / mode.window().as_secs_f64();
         if n == 64 {
             at64 = rate;
         }
         report.add(
             format!("writes N={n}"),
             format!(
-                "{rate:.0} req/s, {}; {errors} errors; server CPU {:.0}%",
+                "{rate:.0} req/s, {}; {errors} errors; CPU: server {:.0}%, load generator {:.0}%",
                 lat.summary(),
-                cpu * 100.0
+                cpu * 100.0,
+                own * 100.0
             ),
         );
     }
@@ -854,10 +875,12 @@ async fn fanout_case(
     let writers = if sessions == 1 { 1 } else { 10 };
     let window = mode.fanout_window();
     let cpu0 = server.cpu()?;
+    let own0 = own_cpu();
     let started = Instant::now();
     let writes = paced_writes(addr, ids.clone(), writers, rate, window).await?;
     let write_secs = started.elapsed().as_secs_f64();
     let cpu = (server.cpu()? - cpu0).as_secs_f64() / write_secs;
+    let own = (own_cpu() - own0).as_secs_f64() / write_secs;
     // Give the last deliveries up to 10 s to arrive, then stop.
     tokio::time::sleep(Duration::from_secs(if mode.full { 10 } else { 3 })).await;
     stop.cancel();
@@ -868,13 +891,14 @@ async fn fanout_case(
     report.add(
         format!("fanout {label}: {rate:.0} writes/s"),
         format!(
-            "{writes} writes, {}/{expected} deliveries ({:.0} delivered/s over {write_secs:.1} s); publish→receive {}; {} presence frames ({:.1}/subscriber); {errors} stream errors; server CPU {:.0}%",
+            "{writes} writes, {}/{expected} deliveries ({:.0} delivered/s over {write_secs:.1} s); publish→receive {}; {} presence frames ({:.1}/subscriber); {errors} stream errors; CPU: server {:.0}%, load generator {:.0}% (of one core)",
             all.updates,
             all.updates as f64 / write_secs,
             lat.summary(),
             all.presence,
             all.presence as f64 / subscribers as f64,
-            cpu * 100.0
+            cpu * 100.0,
+            own * 100.0
         ),
     );
     Ok(())
@@ -1132,12 +1156,14 @@ async fn scenario_startup(mode: Mode, report: &Report) -> Result<()> {
         let mut killed = Vec::new();
         let mut fold_clean = Vec::new();
         let mut fold_killed = Vec::new();
+        let (mut cpu_clean, mut cpu_killed) = (Vec::new(), Vec::new());
         // Warm the page cache once so both cases read from memory.
         Server::start(&data, &[]).await?.stop()?;
         for _ in 0..mode.startup_rounds() {
             let s = Server::start(&data, &[]).await?;
             clean.push(s.startup.as_secs_f64());
             fold_clean.push(s.fold_ms().unwrap_or(0));
+            cpu_clean.push(s.cpu()?.as_secs_f64());
             // A write, then a crash: the next start recovers an unclean tail.
             let id = create_session(s.addr).await?;
             let mut c = Conn::open(s.addr).await?;
@@ -1147,6 +1173,7 @@ async fn scenario_startup(mode: Mode, report: &Report) -> Result<()> {
             let s = Server::start(&data, &[]).await?;
             killed.push(s.startup.as_secs_f64());
             fold_killed.push(s.fold_ms().unwrap_or(0));
+            cpu_killed.push(s.cpu()?.as_secs_f64());
             s.stop()?;
         }
         let med = |v: &mut Vec<f64>| {
@@ -1161,12 +1188,14 @@ async fn scenario_startup(mode: Mode, report: &Report) -> Result<()> {
         report.add(
             format!("startup {events} events"),
             format!(
-                "spawn→listening: clean {:.3} s, after SIGKILL {:.3} s, ratio {:.2}; fold (server's log line): clean {} ms, after SIGKILL {} ms (medians of {})",
+                "spawn→listening: clean {:.3} s, after SIGKILL {:.3} s, ratio {:.2}; fold (server's log line): clean {} ms, after SIGKILL {} ms; server CPU until listening: clean {:.2} s, after SIGKILL {:.2} s (medians of {})",
                 c,
                 k,
                 k / c,
                 medu(&mut fold_clean),
                 medu(&mut fold_killed),
+                med(&mut cpu_clean),
+                med(&mut cpu_killed),
                 mode.startup_rounds()
             ),
         );

@@ -15,7 +15,7 @@ use sessiond::log::{AppendEntry, FsyncPolicy, Log, LogOptions, Precondition, Rec
 fn body(i: u64) -> Vec<u8> {
     EventBody {
         json: format!(
-            r#"{{"cursor":{{"x":{i},"y":{}}},"selection":[1,2,3],"text":"the quick brown fox jumps over the lazy dog","color":"#33aa77","seq":{i}}}"#,
+            r##"{{"cursor":{{"x":{i},"y":{}}},"selection":[1,2,3],"text":"the quick brown fox jumps over the lazy dog","color":"#33aa77","seq":{i}}}"##,
             i * 7
         ),
         username: "benchmark-user".into(),

@@ -366,8 +366,9 @@ fn at_str(id: &str, at: &str) -> String {
 // cases.md case 29: JSON Merge Patch — null deletes, arrays replace, no lossy combining.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_29_merge_patch_rfc7396() {
-    let s = TestServer::start().await;
-    let h = &s.http;
+    let dir = new_dir();
+    let srv = BinServer::start(dir.path(), &[]).await;
+    let h = &srv.http;
     let table = [
         (json!({"a":"b"}), json!({"a":null}), json!({})),
         (
@@ -393,13 +394,14 @@ async fn case_29_merge_patch_rfc7396() {
     let mut ids = Vec::new();
     for (target, patch, want) in &table {
         let (id, _) = h.create(target).await;
-        let mut sse = s.sse(&format!("/events/{id}"), &[]).await;
+        let url = format!("{}/events/{id}", srv.base);
+        let mut sse = Sse::connect(&url, &[]).await;
         sse.next_named("init").await;
         h.patch(&id, patch).await;
         assert_eq!(&h.state(&id).await["data"], want, "{target} + {patch}");
         let up = sse.next_named("update").await.json();
         assert_eq!(&up["patch"], patch, "the update carries the patch as sent");
-        let mut fresh = s.sse(&format!("/events/{id}"), &[]).await;
+        let mut fresh = Sse::connect(&url, &[]).await;
         assert_eq!(
             &fresh.next_named("init").await.json()["session"]["data"],
             want
@@ -424,12 +426,27 @@ async fn case_29_merge_patch_rfc7396() {
             want
         );
     }
+    // Wrong content type → 415, not JSON → 422; neither appends a record.
+    let before = h.status().await["log"]["nextOffset"].clone();
+    let path = format!("/sessions/{id}");
+    h.send(
+        Method::PATCH,
+        &path,
+        Some(("text/plain", b"{}".to_vec())),
+        &[],
+    )
+    .await
+    .expect(415);
+    h.send(Method::PATCH, &path, Some((CT, b"not json".to_vec())), &[])
+        .await
+        .expect(422);
+    assert_eq!(h.status().await["log"]["nextOffset"], before);
     ids.push((id, json!({"a":{"a1":8}})));
-    // After a restart the fold gives the same values.
-    let dir = s.stop().await;
-    let s = TestServer::start_with(dir, |_| {}).await;
+    // After kill -9 and a restart the fold gives the same values.
+    srv.kill9();
+    let srv = BinServer::start(dir.path(), &[]).await;
     for (id, want) in &ids {
-        assert_eq!(&s.http.state(id).await["data"], want);
+        assert_eq!(&srv.http.state(id).await["data"], want);
     }
 }
 

@@ -290,3 +290,138 @@ impl Subscriber {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{now_ms, Event, EventBody};
+    use crate::log::{AppendEntry, FsyncPolicy, LogOptions, Precondition};
+    use futures_util::StreamExt;
+
+    /// A log, its folded state and hub wired like the server does, and the
+    /// streams over them.
+    fn streams(dir: &std::path::Path) -> Streams {
+        let (log, _) = Log::open(
+            dir,
+            LogOptions {
+                fsync: FsyncPolicy::Never,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
+        let sessions = Arc::new(RwLock::new(Sessions::new()));
+        let hub = Hub::new();
+        let (s, h) = (sessions.clone(), hub.clone());
+        log.start_writer(Box::new(move |records| {
+            let mut events = Vec::new();
+            for r in records {
+                let e = Event::from_record(r.offset, r.key, r.kind, r.body).unwrap();
+                s.write().unwrap().apply(&e).unwrap();
+                events.push(e);
+            }
+            for e in &events {
+                h.publish_event(e);
+            }
+        }));
+        Streams {
+            log,
+            sessions,
+            hub,
+            presence: Presence::new(),
+            heartbeat: Duration::from_secs(3600),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    async fn append(log: &Log, id: Ulid, kind: RecordKind, json: &str) -> Offset {
+        let body = EventBody {
+            json: json.into(),
+            username: "t".into(),
+            at_ms: now_ms(),
+        };
+        log.append(AppendEntry {
+            key: id.0,
+            kind,
+            body: body.encode(),
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Offsets of the `update`/`delete` frames in `bytes`.
+    fn ids(bytes: &[u8]) -> Vec<Offset> {
+        std::str::from_utf8(bytes)
+            .unwrap()
+            .split('\n')
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|v| v.parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_subscriber_catches_up_from_the_log_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let streams = streams(dir.path());
+        let id = Ulid::generate();
+        let created = append(&streams.log, id, RecordKind::Created, "{}").await;
+        let stream = streams.open(id, "slow".into(), ResumeFrom::After(created), None);
+        let mut stream = Box::pin(stream);
+        // The stream is not polled while far more events than a hub channel
+        // holds are committed: its receiver lags.
+        let mut written = Vec::new();
+        for i in 0..(hub::CAPACITY + 300) {
+            written.push(
+                append(
+                    &streams.log,
+                    id,
+                    RecordKind::Patched,
+                    &format!("{{\"i\":{i}}}"),
+                )
+                .await,
+            );
+        }
+        let last = *written.last().unwrap();
+        let mut got = Vec::new();
+        while got.last() != Some(&last) {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .expect("frames in time")
+                .expect("stream open")
+                .unwrap();
+            got.extend(ids(&chunk));
+        }
+        assert_eq!(got, written);
+        // And it goes on live.
+        let more = append(&streams.log, id, RecordKind::Deleted, "").await;
+        let mut rest = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            rest.extend(ids(&chunk.unwrap()));
+        }
+        assert_eq!(rest, vec![more], "the delete, then the end");
+        streams.log.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_an_idle_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let streams = streams(dir.path());
+        let id = Ulid::generate();
+        append(&streams.log, id, RecordKind::Created, "{\"a\":1}").await;
+        let mut stream = Box::pin(streams.open(id, "u".into(), ResumeFrom::Init, None));
+        let retry = stream.next().await.unwrap().unwrap();
+        assert_eq!(&retry[..], b"retry: 2000\n\n");
+        let init = stream.next().await.unwrap().unwrap();
+        assert!(init.starts_with(b"event: init\nid: 0\ndata: {\"session\":{\"id\":"));
+        assert_eq!(streams.presence.snapshot(&id).clients, 1);
+        streams.shutdown.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+        assert!(end.is_ok(), "the stream ends on shutdown");
+        drop(stream);
+        assert_eq!(streams.presence.snapshot(&id).clients, 0);
+        streams.log.shutdown();
+    }
+}

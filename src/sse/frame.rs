@@ -82,6 +82,9 @@ pub fn event(name: EventName, id: Option<Offset>, json: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// Size of the slices a large shared part is sent in.
+pub const SHARED_SLICE: usize = 64 * 1024;
+
 /// One event whose data line is the concatenation of `parts`, returned as
 /// separate chunks so that a large shared part (a session document) is
 /// written without being copied per subscriber. The chunks must be sent
@@ -100,9 +103,20 @@ pub fn event_parts(name: EventName, id: Option<Offset>, parts: &[Bytes]) -> Vec<
         b.put_slice(b"\n\n");
         return vec![b.freeze()];
     }
-    let mut out = Vec::with_capacity(parts.len() + 2);
+    let mut out = Vec::with_capacity(parts.len() + 2 + total / SHARED_SLICE);
     out.push(head(name, id, 0).freeze());
-    out.extend(parts.iter().cloned());
+    for p in parts {
+        // Zero-copy slices of the shared buffer: the HTTP layer copies what
+        // it is given into its write buffer (poem's boxed connections are
+        // not vectored), so small slices keep that copy small per
+        // connection instead of one whole document per subscriber.
+        let mut at = 0;
+        while at < p.len() {
+            let end = (at + SHARED_SLICE).min(p.len());
+            out.push(p.slice(at..end));
+            at = end;
+        }
+    }
     out.push(Bytes::from_static(b"\n\n"));
     out
 }
@@ -269,7 +283,12 @@ mod tests {
                 Bytes::from_static(b"]"),
             ],
         );
-        assert_eq!(chunks.len(), 5);
+        assert_eq!(
+            chunks.len(),
+            6,
+            "head, [, two slices of the shared part, ], end"
+        );
+        assert_eq!(chunks[2].len(), SHARED_SLICE);
         assert_eq!(
             chunks[2].as_ptr(),
             big.as_ptr(),

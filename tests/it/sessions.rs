@@ -545,3 +545,41 @@ async fn case_30_body_limits_and_large_documents() {
         assert_eq!(up.json()["patch"], json!({"last": true}));
     }
 }
+
+// cases.md case 30 (b): a large document sent to many new subscribers is
+// serialized once and shared: server memory grows far less than one copy
+// per subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_30_large_init_is_shared_not_copied_per_subscriber() {
+    let dir = new_dir();
+    let srv = BinServer::start(dir.path(), &[("MAX_BODY_BYTES", "16777216")]).await;
+    let doc = json!({"blob": "z".repeat(4 << 20)});
+    let (id, _) = srv.http.create(&doc).await;
+    for i in 0..50 {
+        srv.http.patch(&id, &json!({"i": i})).await;
+    }
+    let want = srv.http.state(&id).await["data"].clone();
+    let baseline = crate::chaos::vm_rss_kib(srv.pid());
+    let url = format!("{}/events/{id}", srv.base);
+    let mut tasks = Vec::new();
+    for _ in 0..25 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Sse::connect(&url, &[]).await;
+            let init = c.next_named("init").await;
+            (init.json()["session"]["data"].clone(), c)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        let (data, c) = t.await.unwrap();
+        assert_eq!(data, want, "each init carries the current state");
+        held.push(c);
+    }
+    let grown_kib = crate::chaos::vm_rss_kib(srv.pid()).saturating_sub(baseline);
+    let per_copy_kib = 4 << 10;
+    assert!(
+        grown_kib < 25 * per_copy_kib / 4,
+        "server RSS grew {grown_kib} KiB for 25 subscribers of a 4 MiB document"
+    );
+}

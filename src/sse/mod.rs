@@ -159,6 +159,22 @@ impl Streams {
     }
 }
 
+/// Queues a frame as zero-copy slices of at most [`frame::SHARED_SLICE`]
+/// bytes, so the HTTP layer's per-connection copy of a large shared frame
+/// stays small (see [`frame::event_parts`]).
+fn push_sliced(out: &mut VecDeque<Bytes>, frame: Bytes) {
+    if frame.len() <= frame::SHARED_SLICE {
+        out.push_back(frame);
+        return;
+    }
+    let mut at = 0;
+    while at < frame.len() {
+        let end = (at + frame::SHARED_SLICE).min(frame.len());
+        out.push_back(frame.slice(at..end));
+        at = end;
+    }
+}
+
 impl Subscriber {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
@@ -256,7 +272,7 @@ impl Subscriber {
             }
         };
         for (offset, kind, frame) in frames {
-            self.out.push_back(frame);
+            push_sliced(&mut self.out, frame);
             self.last = offset;
             if kind == RecordKind::Deleted {
                 self.phase = Phase::Done;
@@ -274,7 +290,7 @@ impl Subscriber {
                 Ok(HubMsg::Event { offset, frame, ends }) => {
                     if offset > self.last {
                         self.last = offset;
-                        self.out.push_back(frame);
+                        push_sliced(&mut self.out, frame);
                         if ends {
                             self.phase = Phase::Done;
                         }

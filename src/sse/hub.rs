@@ -111,6 +111,14 @@ impl Subscription {
             .recv()
             .await
     }
+
+    /// The next message if one is waiting.
+    pub fn recv_now(&mut self) -> Result<HubMsg, broadcast::error::TryRecvError> {
+        self.rx
+            .as_mut()
+            .expect("receiver lives until drop")
+            .try_recv()
+    }
 }
 
 impl Drop for Subscription {

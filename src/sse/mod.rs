@@ -418,6 +418,46 @@ mod tests {
         streams.log.shutdown();
     }
 
+    /// On a current-thread runtime the joins below happen back to back
+    /// before the flusher can run, so they must come out as one event.
+    #[tokio::test]
+    async fn presence_goes_out_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let streams = streams(dir.path());
+        let id = Ulid::generate();
+        let mut sub = streams.hub.subscribe(id);
+        let flusher = tokio::spawn(streams.clone().run_presence());
+        let guards: Vec<_> = ["bo", "ana", "bo"]
+            .into_iter()
+            .map(|n| streams.presence.join(id, n))
+            .collect();
+        async fn next(sub: &mut Subscription) -> HubMsg {
+            tokio::time::timeout(Duration::from_secs(10), sub.recv())
+                .await
+                .expect("a presence event in time")
+                .unwrap()
+        }
+        match next(&mut sub).await {
+            HubMsg::Presence(f) => assert_eq!(
+                &f[..],
+                b"event: join\ndata: {\"clients\":3,\"usernames\":[\"ana\",\"bo\"]}\n\n"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(sub.recv_now().is_err(), "one event for the three joins");
+        drop(guards);
+        match next(&mut sub).await {
+            HubMsg::Presence(f) => assert_eq!(
+                &f[..],
+                b"event: leave\ndata: {\"clients\":0,\"usernames\":[\"ana\",\"bo\"]}\n\n"
+            ),
+            other => panic!("{other:?}"),
+        }
+        streams.shutdown.cancel();
+        flusher.await.unwrap();
+        streams.log.shutdown();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_ends_an_idle_stream() {
         let dir = tempfile::tempdir().unwrap();

@@ -112,11 +112,19 @@ impl Default for Config {
 impl Config {
     /// Loads `.env` from the working directory (if present), then parses the
     /// environment and the command line. Exits with clap's message on a
-    /// malformed value or `--help`.
+    /// malformed value or `--help`, and with status 2 on a `.env` that
+    /// exists but cannot be read or parsed.
     pub fn load() -> Config {
-        // A missing .env is normal; a malformed one is reported by the caller's
-        // tracing once it is set up, so keep the error.
-        let _ = dotenvy::dotenv();
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => {
+                eprintln!(
+                    "sessiond: cannot load .env from the working directory: {e}; fix or remove it"
+                );
+                std::process::exit(2);
+            }
+        }
         Config::parse()
     }
 

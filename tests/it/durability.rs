@@ -277,3 +277,21 @@ async fn refuses_to_start_on_bad_settings_and_a_locked_dir() {
     // The first server keeps serving.
     running.http.status().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_dot_env_and_a_broken_one_is_refused() {
+    let dir = new_dir();
+    // The working directory is the data dir (see BinServer::command).
+    std::fs::write(dir.path().join(".env"), "HEARTBEAT_SECS=0\n").unwrap();
+    let (code, err) = run_to_exit(dir.path(), &[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("HEARTBEAT_SECS=0"), "{err}");
+    // The environment wins over .env.
+    let srv = BinServer::start(dir.path(), &[("HEARTBEAT_SECS", "5")]).await;
+    srv.http.status().await;
+    drop(srv);
+    std::fs::write(dir.path().join(".env"), "NOT A VALID LINE\n").unwrap();
+    let (code, err) = run_to_exit(dir.path(), &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains(".env"), "{err}");
+}

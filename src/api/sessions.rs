@@ -3,9 +3,12 @@
 //!
 //! A write is encoded into an event body and appended with a precondition
 //! that the log's single writer checks in log order (`Absent` for a create,
-//! `Live` or `LiveAt(If-Match)` for a change). By the time `append` returns,
-//! the event is durable and already applied to the in-memory state by the
-//! commit hook, so a client that got its 200 reads its own write.
+//! `Live` or `LiveAt(If-Match)` for a change). With `FSYNC=always` (and
+//! `never`), by the time `append` returns the event is durable and already
+//! applied to the in-memory state by the commit hook, so a client that got
+//! its 200 reads its own write. With `FSYNC=interval:<ms>` the log
+//! acknowledges before the periodic sync and applies and publishes at the
+//! sync, so a write becomes visible at most one interval after its 200.
 
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;

@@ -25,78 +25,40 @@ pub enum FoldError {
     Apply(#[from] ApplyError),
 }
 
-/// Events decoded per batch handed from the fold's reader to its applier.
-const FOLD_BATCH: usize = 1024;
-/// Batches in flight between them: bounds the fold's extra memory.
-const FOLD_QUEUE: usize = 4;
-
 /// Folds every record below the durable end into a fresh [`Sessions`].
 ///
-/// Two threads: one reads records and decodes them into events (CRC, bincode,
-/// JSON parse), the other applies them in offset order. Decoding is about
-/// half of the work, so on a machine with two cores a fold takes about half
-/// as long as on one thread; a single thread would be simpler, but the fold
-/// stands between a restart and the first request.
+/// On one thread, deliberately: a two-thread pipeline (decode on one, apply
+/// on the other) was measured slower on two cores, 4.2 s of CPU and 4.3-5.1 s
+/// for 1M events against 2.3-3.0 s and 2.6-3.9 s here (`benches/e2e.rs`,
+/// `startup`): handing each event's freshly allocated JSON to another core
+/// costs more than decoding it.
 ///
 /// # Errors
 /// [`FoldError`] on a read error, an undecodable body, or an event sequence
-/// the writer could never have produced: the first of them in offset order.
+/// the writer could never have produced.
 pub fn fold_log(log: &Log) -> Result<Sessions, FoldError> {
+    let mut sessions = Sessions::new();
+    let mut failed: Option<FoldError> = None;
     let first = log.stats().first_offset;
-    let end = log.durable_end();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(FOLD_QUEUE);
-    std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> Result<(), FoldError> {
-            let mut batch = Vec::with_capacity(FOLD_BATCH);
-            let mut failed = None;
-            log.visit(first, end, |r| {
-                match Event::from_record(r.offset, r.key, r.kind, r.body) {
-                    Ok(e) => batch.push(e),
-                    Err(error) => {
-                        failed = Some(FoldError::Body {
-                            offset: r.offset,
-                            error,
-                        });
-                        return ControlFlow::Break(());
-                    }
-                }
-                if batch.len() == FOLD_BATCH
-                    && tx
-                        .send(std::mem::replace(
-                            &mut batch,
-                            Vec::with_capacity(FOLD_BATCH),
-                        ))
-                        .is_err()
-                {
-                    // The applier stopped at an error of its own.
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            })?;
-            if !batch.is_empty() {
-                let _applier_may_have_stopped = tx.send(batch);
-            }
-            failed.map_or(Ok(()), Err)
-        });
-        let mut sessions = Sessions::new();
-        let mut applied = Ok(());
-        'batches: for batch in rx.iter() {
-            for e in &batch {
-                if let Err(e) = sessions.apply(e) {
-                    applied = Err(FoldError::from(e));
-                    break 'batches;
-                }
+    log.visit(first, log.durable_end(), |r| {
+        let step = Event::from_record(r.offset, r.key, r.kind, r.body)
+            .map_err(|error| FoldError::Body {
+                offset: r.offset,
+                error,
+            })
+            .and_then(|e| sessions.apply(&e).map_err(FoldError::from));
+        match step {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
             }
         }
-        // Dropping the receiver stops a reader that is still sending.
-        drop(rx);
-        let read = reader.join().expect("the fold's reader thread panicked");
-        // Every event before a read error was applied, so an apply error
-        // comes first in offset order.
-        applied?;
-        read?;
-        Ok(sessions)
-    })
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(sessions),
+    }
 }
 
 /// Reads the events at `offsets` (ascending) from the log.
@@ -211,4 +173,89 @@ pub fn state_at(log: &Log, id: Ulid, events: &[Offset], at: Offset) -> Result<St
         Some(deleted_at) => StateAt::Deleted { deleted_at },
         None => StateAt::Live(state),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventBody;
+    use crate::log::{AppendEntry, FsyncPolicy, LogOptions, Precondition, RecordKind};
+
+    fn entry(key: u128, kind: RecordKind, json: &str) -> AppendEntry {
+        AppendEntry {
+            key,
+            kind,
+            body: EventBody {
+                json: json.into(),
+                username: "u".into(),
+                at_ms: 0,
+            }
+            .encode(),
+            precondition: Precondition::None,
+        }
+    }
+
+    /// Writes `entries` (unchecked) into a fresh log and opens it again.
+    async fn log_of(dir: &std::path::Path, entries: Vec<AppendEntry>) -> Log {
+        let options = LogOptions {
+            fsync: FsyncPolicy::Never,
+            ..LogOptions::default()
+        };
+        {
+            let (log, _) = Log::open(dir, options.clone()).unwrap();
+            log.start_writer(Box::new(|_| {}));
+            for r in log.append_batch(entries).await {
+                r.unwrap();
+            }
+            log.shutdown();
+        }
+        Log::open(dir, options).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn the_fold_applies_every_event_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (1u128, 2u128);
+        let mut entries = vec![
+            entry(a, RecordKind::Created, r#"{"n":0}"#),
+            entry(b, RecordKind::Created, r#"{"n":0}"#),
+        ];
+        // Alternating sessions, across several index spans.
+        let n = 3 * 1024 + 7;
+        for i in 1..=n {
+            let key = if i % 2 == 0 { a } else { b };
+            entries.push(entry(key, RecordKind::Patched, &format!(r#"{{"n":{i}}}"#)));
+        }
+        let log = log_of(dir.path(), entries).await;
+        let sessions = fold_log(&log).unwrap();
+        let (sa, sb) = (
+            sessions.get(&Ulid(a)).unwrap(),
+            sessions.get(&Ulid(b)).unwrap(),
+        );
+        assert_eq!(sa.events.len() + sb.events.len(), n + 2);
+        let last = (n + 1) as u64;
+        assert_eq!(sa.offset.max(sb.offset), last);
+        let (even, odd) = if n % 2 == 0 { (n, n - 1) } else { (n - 1, n) };
+        assert_eq!(sa.data["n"], even);
+        assert_eq!(sb.data["n"], odd);
+    }
+
+    #[tokio::test]
+    async fn the_first_impossible_event_is_reported_with_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries = vec![entry(1, RecordKind::Created, "{}")];
+        for _ in 0..2048 {
+            entries.push(entry(1, RecordKind::Patched, "{}"));
+        }
+        // Offset 2049: a change of a session that was never created.
+        entries.push(entry(9, RecordKind::Patched, "{}"));
+        entries.push(entry(1, RecordKind::Patched, "{}"));
+        let log = log_of(dir.path(), entries).await;
+        match fold_log(&log) {
+            Err(FoldError::Apply(ApplyError::Unknown { offset, .. })) => {
+                assert_eq!(offset, 2049)
+            }
+            other => panic!("{:?}", other.map(|s| s.live_count())),
+        }
+    }
 }

@@ -33,6 +33,19 @@ fn open(dir: &Path, o: LogOptions) -> (Log, RecoveryReport) {
     (log, report)
 }
 
+/// Offsets the commit hook has seen, in the order it saw them.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Offset>>>;
+
+/// Starts the writer with a hook that records every committed offset.
+fn start_recording(log: &Log) -> Seen {
+    let seen = Seen::default();
+    let s = seen.clone();
+    log.start_writer(Box::new(move |records| {
+        s.lock().unwrap().extend(records.iter().map(|r| r.offset));
+    }));
+    seen
+}
+
 /// `Log::open`, waiting out a lock that a concurrently spawned child process
 /// holds for an instant: between fork and exec a child shares this process's
 /// open file descriptions (flock locks included) until exec closes them
@@ -476,11 +489,7 @@ fn concurrent_if_match_writers_cannot_both_win() {
 fn the_commit_hook_sees_every_record_in_order_before_the_ack() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = open_unstarted(tmp.path(), opts(500)).unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s = seen.clone();
-    log.start_writer(Box::new(move |records| {
-        s.lock().unwrap().extend(records.iter().map(|r| r.offset));
-    }));
+    let seen = start_recording(&log);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = (0..200u128)
@@ -515,11 +524,7 @@ fn interval_policy_publishes_only_after_the_sync() {
         fsync: FsyncPolicy::Interval(Duration::from_millis(50)),
     };
     let (log, _) = open_unstarted(tmp.path(), o).unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s = seen.clone();
-    log.start_writer(Box::new(move |records| {
-        s.lock().unwrap().extend(records.iter().map(|r| r.offset));
-    }));
+    let seen = start_recording(&log);
     let rt = runtime();
     rt.block_on(async {
         let mut durable = log.watch_durable_end();
@@ -918,11 +923,7 @@ fn case23_interval_mode_never_publishes_unsynced_records() {
         fsync: FsyncPolicy::Interval(Duration::from_secs(60)),
     };
     let (log, _) = open_unstarted(tmp.path(), o).unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s = seen.clone();
-    log.start_writer(Box::new(move |records| {
-        s.lock().unwrap().extend(records.iter().map(|r| r.offset));
-    }));
+    let seen = start_recording(&log);
     let rt = runtime();
     assert_eq!(
         rt.block_on(log.append(entry(1, RecordKind::Created, b"c"))),

@@ -74,8 +74,8 @@ pub(crate) struct WriterState {
     active: ActiveSegment,
     /// The offset the next accepted entry gets.
     next: Offset,
-    /// Records written but not yet synced (interval and never policies keep
-    /// them here until they are published).
+    /// Records written but not yet synced under the interval policy, kept
+    /// here until the next sync publishes them.
     unsynced: Unsynced,
     /// Set after a write or sync error that could not be rolled back; once set,
     /// it is never cleared and no further byte is written.

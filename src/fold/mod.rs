@@ -46,7 +46,7 @@ pub fn fold_log(log: &Log) -> Result<Sessions, FoldError> {
                 offset: r.offset,
                 error,
             })
-            .and_then(|e| sessions.apply(&e).map_err(FoldError::from));
+            .and_then(|e| sessions.apply_owned(e).map_err(FoldError::from));
         match step {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => {
@@ -163,7 +163,7 @@ pub fn state_at(log: &Log, id: Ulid, events: &[Offset], at: Offset) -> Result<St
     }
     let mut sessions = Sessions::new();
     for e in read_events(log, &events[..upto])? {
-        sessions.apply(&e)?;
+        sessions.apply_owned(e)?;
     }
     let state = sessions
         .get(&id)

@@ -112,12 +112,25 @@ impl Sessions {
         Sessions::default()
     }
 
-    /// Applies one event: the meaning of created/replaced/patched/deleted.
+    /// Applies one event: the meaning of created/replaced/patched/deleted
+    /// (see [`Sessions::apply_owned`]).
     ///
     /// # Errors
     /// [`ApplyError`] when the event does not fit the session's history; the
     /// state is then unchanged.
     pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
+        self.apply_owned(event.clone())
+    }
+
+    /// Applies one event that the caller no longer needs: its document or
+    /// patch is moved into the state instead of copied (the startup fold
+    /// applies every event of the log this way). The only home of event
+    /// semantics.
+    ///
+    /// # Errors
+    /// [`ApplyError`] when the event does not fit the session's history; the
+    /// state is then unchanged.
+    pub fn apply_owned(&mut self, event: Event) -> Result<(), ApplyError> {
         let id = event.session;
         let offset = event.offset;
         if event.kind == RecordKind::Created {
@@ -131,7 +144,7 @@ impl Sessions {
                 id,
                 SessionState {
                     id,
-                    data: Arc::new(event.json.clone().unwrap_or(Value::Null)),
+                    data: Arc::new(event.json.unwrap_or(Value::Null)),
                     offset,
                     created_offset: offset,
                     created_at_ms: event.at_ms,
@@ -158,11 +171,13 @@ impl Sessions {
         match event.kind {
             RecordKind::Created => unreachable!("handled above"),
             RecordKind::Replaced => {
-                s.data = Arc::new(event.json.clone().unwrap_or(Value::Null));
+                s.data = Arc::new(event.json.unwrap_or(Value::Null));
             }
             RecordKind::Patched => {
-                let patch = event.json.as_ref().unwrap_or(&Value::Null);
-                json_patch::merge(Arc::make_mut(&mut s.data), patch);
+                merge_owned(
+                    Arc::make_mut(&mut s.data),
+                    event.json.unwrap_or(Value::Null),
+                );
             }
             RecordKind::Deleted => {
                 s.data = Arc::new(Value::Null);
@@ -201,6 +216,29 @@ impl Sessions {
     /// How many sessions are live.
     pub fn live_count(&self) -> usize {
         self.live
+    }
+}
+
+/// RFC 7396 JSON Merge Patch, moving the patch's members into `doc`: the
+/// same rules as `json_patch::merge` (which takes the patch by reference and
+/// copies every member it sets). A test below checks that both agree.
+fn merge_owned(doc: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *doc = patch;
+        return;
+    };
+    if !doc.is_object() {
+        *doc = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = doc else {
+        unreachable!("made an object above")
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            map.remove(&key);
+        } else {
+            merge_owned(map.entry(key).or_insert(Value::Null), value);
+        }
     }
 }
 
@@ -310,5 +348,34 @@ mod tests {
         assert_eq!(ids, vec![a, c]);
         let ids: Vec<Ulid> = s.live_after(Some(a)).map(|s| s.id).collect();
         assert_eq!(ids, vec![c]);
+    }
+
+    #[test]
+    fn merge_owned_agrees_with_json_patch() {
+        let docs = [
+            json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": null}),
+            json!([1, 2]),
+            json!("s"),
+            Value::Null,
+            json!({}),
+        ];
+        let patches = [
+            json!({"a": null, "b": {"c": null, "n": {"deep": true}}, "z": [null]}),
+            json!({"b": 7}),
+            json!([{"a": 1}]),
+            json!(null),
+            json!({"e": {"f": null}}),
+            json!({}),
+            json!("t"),
+        ];
+        for d in &docs {
+            for p in &patches {
+                let mut want = d.clone();
+                json_patch::merge(&mut want, p);
+                let mut got = d.clone();
+                merge_owned(&mut got, p.clone());
+                assert_eq!(got, want, "{d} + {p}");
+            }
+        }
     }
 }

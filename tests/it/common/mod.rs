@@ -61,29 +61,45 @@ impl TestServer {
     pub async fn start_with(dir: Dir, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = config(dir.path());
         tweak(&mut cfg);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(cfg, Listen::Listener(listener), async move {
-            let _ = stopped.await;
-        }));
-        let base = format!("http://{addr}");
-        let http = Http::new(&base);
-        let server = TestServer {
-            addr,
-            base,
-            dir,
-            http,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        server.wait_ready().await;
-        server
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(run(cfg.clone(), Listen::Listener(listener), async move {
+                let _ = stopped.await;
+            }));
+            let base = format!("http://{addr}");
+            let http = Http::new(&base);
+            let mut server = TestServer {
+                addr,
+                base,
+                dir: dir.clone(),
+                http,
+                stop: Some(stop),
+                task: Some(task),
+            };
+            match server.wait_ready().await {
+                Ok(()) => return server,
+                // A server stopped in this process a moment ago may still
+                // have connection tasks holding its log (and so the
+                // directory lock) for a few milliseconds after `run`
+                // returned; a real process releases it at exit.
+                Err(sessiond::server::RunError::Open {
+                    source: sessiond::log::OpenError::Locked { .. },
+                    ..
+                }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the server stopped while starting: {e}"),
+            }
+        }
     }
 
     /// Waits until `/status` answers (the listener is pre-bound, so
-    /// connections queue until the fold is done).
-    async fn wait_ready(&self) {
+    /// connections queue until the fold is done), or returns the error the
+    /// server stopped with.
+    async fn wait_ready(&mut self) -> Result<(), sessiond::server::RunError> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Ok(r) = self
@@ -94,11 +110,16 @@ impl TestServer {
                 .await
             {
                 if r.status() == StatusCode::OK {
-                    return;
+                    return Ok(());
                 }
             }
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-                panic!("the server stopped while starting");
+                let task = self.task.take().expect("checked above");
+                self.stop.take();
+                return match task.await.expect("server task") {
+                    Err(e) => Err(e),
+                    Ok(()) => panic!("the server stopped while starting, without an error"),
+                };
             }
             assert!(Instant::now() < deadline, "server did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -891,7 +891,8 @@ async fn fanout_case(
     report.add(
         format!("fanout {label}: {rate:.0} writes/s"),
         format!(
-            "{writes} writes, {}/{expected} deliveries ({:.0} delivered/s over {write_secs:.1} s); publish→receive {}; {} presence frames ({:.1}/subscriber); {errors} stream errors; CPU: server {:.0}%, load generator {:.0}% (of one core)",
+            "{writes} writes ({:.1}/s of the {rate:.0}/s asked), {}/{expected} deliveries ({:.0} delivered/s over {write_secs:.1} s); publish→receive {}; {} presence frames ({:.1}/subscriber); {errors} stream errors; CPU: server {:.0}%, load generator {:.0}% (of one core)",
+            writes as f64 / write_secs,
             all.updates,
             all.updates as f64 / write_secs,
             lat.summary(),

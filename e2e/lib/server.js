@@ -34,8 +34,13 @@ export async function freePort() {
   return port;
 }
 
+// Every temporary directory made by this test run; removed when the run ends.
+const tempDirs = new Set();
+
 export function tempDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -61,6 +66,7 @@ export async function waitFor(what, cond, ms = 15000) {
 const running = new Set();
 process.on('exit', () => {
   for (const proc of running) proc.kill('SIGKILL');
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 /** SIGKILLs every server still running (for a test file's `after` hook). */

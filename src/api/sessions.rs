@@ -169,6 +169,28 @@ fn precondition(if_match: Option<String>) -> Result<Precondition, ApiError> {
 }
 
 impl SessionsApi {
+    /// PUT and PATCH: check the id, username and `If-Match`, then append.
+    async fn write(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        username: Option<String>,
+        if_match: Option<String>,
+        body: &Value,
+    ) -> Result<WriteResponse, ApiError> {
+        let id = parse_id(id)?;
+        let username = check_username(username)?;
+        let pre = precondition(if_match)?;
+        let offset = self.append(id, kind, Some(body), username, pre).await?;
+        Ok(WriteResponse::Ok(
+            Json(Written {
+                id: id.to_string(),
+                offset,
+            }),
+            format!("\"{offset}\""),
+        ))
+    }
+
     async fn append(
         &self,
         id: Ulid,
@@ -364,19 +386,8 @@ impl SessionsApi {
         /// The new document.
         body: Json<Value>,
     ) -> Result<WriteResponse, ApiError> {
-        let id = parse_id(&id.0)?;
-        let username = check_username(username.0)?;
-        let pre = precondition(if_match.0)?;
-        let offset = self
-            .append(id, RecordKind::Replaced, Some(&body.0), username, pre)
-            .await?;
-        Ok(WriteResponse::Ok(
-            Json(Written {
-                id: id.to_string(),
-                offset,
-            }),
-            format!("\"{offset}\""),
-        ))
+        self.write(RecordKind::Replaced, &id.0, username.0, if_match.0, &body.0)
+            .await
     }
 
     /// Merge-patch a session's document
@@ -397,19 +408,8 @@ impl SessionsApi {
         /// The merge patch.
         body: Json<Value>,
     ) -> Result<WriteResponse, ApiError> {
-        let id = parse_id(&id.0)?;
-        let username = check_username(username.0)?;
-        let pre = precondition(if_match.0)?;
-        let offset = self
-            .append(id, RecordKind::Patched, Some(&body.0), username, pre)
-            .await?;
-        Ok(WriteResponse::Ok(
-            Json(Written {
-                id: id.to_string(),
-                offset,
-            }),
-            format!("\"{offset}\""),
-        ))
+        self.write(RecordKind::Patched, &id.0, username.0, if_match.0, &body.0)
+            .await
     }
 
     /// Delete a session

@@ -159,34 +159,26 @@ pub fn persisted_record(
     body: &[u8],
 ) -> Result<Bytes, BodyError> {
     let body = EventBody::decode(body)?;
-    let raw = body.json.as_bytes();
-    let mut json = Vec::with_capacity(raw.len() + 160);
-    if single_line(raw) {
-        let doc = |out: &mut Vec<u8>| out.extend_from_slice(raw);
-        event_object(
-            &mut json,
-            offset,
-            session,
-            kind,
-            doc,
-            &body.username,
-            body.at_ms,
-        );
+    // Stored JSON on one line goes out as it is; anything else is re-serialized
+    // compactly first, so no raw newline ever reaches a `data:` line.
+    let compact;
+    let doc: &[u8] = if single_line(body.json.as_bytes()) {
+        body.json.as_bytes()
     } else {
         let v: serde_json::Value = serde_json::from_str(&body.json)?;
-        let doc = |out: &mut Vec<u8>| {
-            serde_json::to_writer(out, &v).expect("a JSON value always serializes")
-        };
-        event_object(
-            &mut json,
-            offset,
-            session,
-            kind,
-            doc,
-            &body.username,
-            body.at_ms,
-        );
-    }
+        compact = serde_json::to_vec(&v).expect("a JSON value always serializes");
+        &compact
+    };
+    let mut json = Vec::with_capacity(doc.len() + 160);
+    event_object(
+        &mut json,
+        offset,
+        session,
+        kind,
+        |out: &mut Vec<u8>| out.extend_from_slice(doc),
+        &body.username,
+        body.at_ms,
+    );
     Ok(event(event_name(kind), Some(offset), &json))
 }
 

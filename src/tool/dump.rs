@@ -13,8 +13,7 @@ use ulid::Ulid;
 
 use super::verify::BodyDamage;
 use super::{file_name, walk, Outcome, ToolError, Walk};
-use crate::event::{Event, RecordKind};
-use crate::log::record;
+use crate::event::RecordKind;
 use crate::log::Offset;
 
 /// Which records to print, and how.
@@ -76,18 +75,10 @@ pub fn dump(
             {
                 continue;
             }
-            let start = r.position as usize;
-            let (_, bytes) = record::decode(&seg.bytes[start..start + r.frame_len as usize])
-                .expect("the scanner only reports records that decode");
-            let event = match Event::from_record(r.offset, r.key, r.kind, bytes) {
+            let event = match seg.event(r) {
                 Ok(e) => e,
-                Err(error) => {
-                    body = Some(BodyDamage {
-                        file: seg.path.to_path_buf(),
-                        position: r.position,
-                        offset: r.offset,
-                        error,
-                    });
+                Err(damage) => {
+                    body = Some(damage);
                     return Ok(ControlFlow::Break(()));
                 }
             };

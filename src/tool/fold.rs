@@ -18,9 +18,9 @@ use ulid::Ulid;
 
 use super::verify::BodyDamage;
 use super::{walk, ToolError, Walk};
-use crate::event::{rfc3339_millis, Event};
+use crate::event::rfc3339_millis;
 use crate::fold::{ApplyError, SessionState, Sessions};
-use crate::log::{record, Offset};
+use crate::log::Offset;
 
 /// What folding one session gave.
 #[derive(Debug)]
@@ -115,18 +115,9 @@ pub fn fold(
             if r.key != id.0 {
                 continue;
             }
-            let start = r.position as usize;
-            let (_, bytes) = record::decode(&seg.bytes[start..start + r.frame_len as usize])
-                .expect("the scanner only reports records that decode");
-            let step = Event::from_record(r.offset, r.key, r.kind, bytes)
-                .map_err(|error| {
-                    FoldOutcome::BadBody(BodyDamage {
-                        file: seg.path.to_path_buf(),
-                        position: r.position,
-                        offset: r.offset,
-                        error,
-                    })
-                })
+            let step = seg
+                .event(r)
+                .map_err(FoldOutcome::BadBody)
                 .and_then(|e| sessions.apply(&e).map_err(FoldOutcome::Apply));
             if let Err(e) = step {
                 failed = Some(e);

@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::log::recovery::{
-    self, scan_segment, Corruption, CorruptionKind, DamageKind, SegmentScan, TornTail,
+    self, scan_segment, Corruption, CorruptionKind, DamageKind, ScannedRecord, SegmentScan,
+    TornTail,
 };
 use crate::log::segment;
 use crate::log::{Offset, Position};
@@ -135,6 +136,36 @@ pub struct SegmentView<'a> {
     /// How many of `scan.records` belong to the consistent prefix (what the
     /// server would serve after recovery).
     pub usable: usize,
+}
+
+impl SegmentView<'_> {
+    /// The body of a record the scan found intact.
+    pub fn body(&self, r: &ScannedRecord) -> &[u8] {
+        let start = r.position as usize;
+        let (_, body) =
+            crate::log::record::decode(&self.bytes[start..start + r.frame_len as usize])
+                .expect("the scanner only reports records that decode");
+        body
+    }
+
+    /// A body that does not decode, located in this segment.
+    pub fn damage(&self, r: &ScannedRecord, error: crate::event::BodyError) -> verify::BodyDamage {
+        verify::BodyDamage {
+            file: self.path.to_path_buf(),
+            position: r.position,
+            offset: r.offset,
+            error,
+        }
+    }
+
+    /// The event of a record the scan found intact.
+    ///
+    /// # Errors
+    /// [`verify::BodyDamage`] when its body does not decode.
+    pub fn event(&self, r: &ScannedRecord) -> Result<crate::event::Event, verify::BodyDamage> {
+        crate::event::Event::from_record(r.offset, r.key, r.kind, self.body(r))
+            .map_err(|error| self.damage(r, error))
+    }
 }
 
 /// Summary of one segment after a walk.

@@ -13,7 +13,6 @@ use ulid::Ulid;
 use super::verify::BodyDamage;
 use super::{walk, Outcome, ToolError, Walk};
 use crate::event::{rfc3339_millis, EventBody, RecordKind};
-use crate::log::record;
 
 /// Per-session figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,10 +90,7 @@ pub fn stats(
             s.records += 1;
             s.bytes += u64::from(r.frame_len);
             s.deleted |= r.kind == RecordKind::Deleted;
-            let start = r.position as usize;
-            let (_, bytes) = record::decode(&seg.bytes[start..start + r.frame_len as usize])
-                .expect("the scanner only reports records that decode");
-            match EventBody::decode(bytes) {
+            match EventBody::decode(seg.body(r)) {
                 Ok(b) => {
                     time_range = Some(match time_range {
                         None => (b.at_ms, b.at_ms),
@@ -102,12 +98,7 @@ pub fn stats(
                     });
                 }
                 Err(error) if body.is_none() => {
-                    body = Some(BodyDamage {
-                        file: seg.path.to_path_buf(),
-                        position: r.position,
-                        offset: r.offset,
-                        error,
-                    });
+                    body = Some(seg.damage(r, error));
                 }
                 Err(_) => {}
             }

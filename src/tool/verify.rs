@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 
 use super::{file_name, walk, Finding, Outcome, ToolError, Walk};
-use crate::event::{BodyError, Event};
+use crate::event::BodyError;
 use crate::fold::{ApplyError, Sessions};
 use crate::log::{Offset, Position};
 
@@ -96,20 +96,9 @@ pub fn verify(
             if body.is_some() || fold.is_some() {
                 continue;
             }
-            let start = r.position as usize;
-            let frame = &seg.bytes[start..start + r.frame_len as usize];
-            let (_, bytes) = crate::log::record::decode(frame)
-                .expect("the scanner only reports records that decode");
-            match Event::from_record(r.offset, r.key, r.kind, bytes) {
+            match seg.event(r) {
                 Ok(event) => fold = sessions.apply(&event).err(),
-                Err(error) => {
-                    body = Some(BodyDamage {
-                        file: seg.path.to_path_buf(),
-                        position: r.position,
-                        offset: r.offset,
-                        error,
-                    })
-                }
+                Err(damage) => body = Some(damage),
             }
         }
         Ok(ControlFlow::Continue(()))

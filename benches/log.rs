@@ -60,15 +60,7 @@ fn append(c: &mut Criterion) {
             let per_task = if appenders == 1 { 64 } else { 32 };
             let total = (appenders * per_task) as u64;
             let tmp = tempfile::tempdir().unwrap();
-            let (log, _) = Log::open(
-                tmp.path(),
-                LogOptions {
-                    segment_bytes: 64 << 20,
-                    fsync,
-                },
-            )
-            .unwrap();
-            log.start_writer(Box::new(|_| {}));
+            let log = started(tmp.path(), 64 << 20, fsync);
             g.throughput(Throughput::Elements(total));
             g.bench_function(
                 BenchmarkId::new(name, format!("{appenders}-appenders")),
@@ -115,15 +107,7 @@ fn append_batched(c: &mut Criterion) {
         ("never", FsyncPolicy::Never),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open(
-            tmp.path(),
-            LogOptions {
-                segment_bytes: 64 << 20,
-                fsync,
-            },
-        )
-        .unwrap();
-        log.start_writer(Box::new(|_| {}));
+        let log = started(tmp.path(), 64 << 20, fsync);
         let batches = 16u64;
         g.throughput(Throughput::Elements(batches * 64));
         g.bench_function(BenchmarkId::new(name, "64-per-batch"), |b| {
@@ -145,18 +129,24 @@ fn append_batched(c: &mut Criterion) {
     g.finish();
 }
 
-/// Fills a log with `n` records in commits of 256, never syncing (speed only).
-fn filled(dir: &std::path::Path, n: u64, segment_bytes: u64) -> Log {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// Opens a log in `dir` and starts its writer (with a no-op commit hook).
+fn started(dir: &std::path::Path, segment_bytes: u64, fsync: FsyncPolicy) -> Log {
     let (log, _) = Log::open(
         dir,
         LogOptions {
             segment_bytes,
-            fsync: FsyncPolicy::Never,
+            fsync,
         },
     )
     .unwrap();
     log.start_writer(Box::new(|_| {}));
+    log
+}
+
+/// Fills a log with `n` records in commits of 256, never syncing (speed only).
+fn filled(dir: &std::path::Path, n: u64, segment_bytes: u64) -> Log {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = started(dir, segment_bytes, FsyncPolicy::Never);
     rt.block_on(async {
         let mut i = 0;
         while i < n {

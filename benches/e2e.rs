@@ -119,30 +119,6 @@ fn own_cpu() -> Duration {
     Duration::from_micros(us(ru.ru_utime) + us(ru.ru_stime))
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the new limit.
-fn raise_nofile() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 1024;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                rl.rlim_cur = rl.rlim_max;
-            }
-        }
-    }
-    rl.rlim_cur
-}
-
 /// A ~200-byte JSON document carrying its send time (`t`, µs since the epoch).
 fn doc(writer: usize, seq: u64) -> String {
     format!(
@@ -1243,7 +1219,7 @@ fn main() -> Result<()> {
     if chosen.is_empty() {
         chosen.extend(["writes", "fanout", "idle", "resume", "startup"]);
     }
-    let limit = raise_nofile();
+    let limit = sessiond::server::raise_open_file_limit();
     std::thread::spawn(|| {
         std::thread::sleep(WATCHDOG);
         eprintln!("e2e: watchdog: the run took over {WATCHDOG:?}; stopping");

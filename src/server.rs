@@ -395,3 +395,32 @@ pub async fn run(
     tracing::info!("stopped");
     served.map_err(RunError::Serve)
 }
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit and
+/// returns the limit in force (0 when it cannot be read). Every SSE stream
+/// holds one descriptor for as long as it is open, and the usual soft limit of 1024 would refuse
+/// connections long before memory runs out; the hard limit is the ceiling an
+/// administrator set (`ulimit -Hn`, systemd `LimitNOFILE=`), so going up to
+/// it needs no privilege.
+pub fn raise_open_file_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+    }
+    rl.rlim_cur
+}

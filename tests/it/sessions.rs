@@ -472,33 +472,11 @@ async fn case_30_body_limits_and_large_documents() {
         .as_str()
         .unwrap()
         .contains(&max.to_string()));
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        over.chunks(1000).map(|c| Ok(c.to_vec())).collect();
-    let r = h
-        .client
-        .post(s.url("/sessions"))
-        .header("content-type", CT)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let r = post_chunked(&h.client, &s.url("/sessions"), &over).await;
     assert_eq!(r.status().as_u16(), 413);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "payload_too_large");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        exact.chunks(1000).map(|c| Ok(c.to_vec())).collect();
-    let r = h
-        .client
-        .post(s.url("/sessions"))
-        .header("content-type", CT)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let r = post_chunked(&h.client, &s.url("/sessions"), &exact).await;
     assert_eq!(
         r.status().as_u16(),
         201,
@@ -582,4 +560,19 @@ async fn case_30_large_init_is_shared_not_copied_per_subscriber() {
         grown_kib < 25 * per_copy_kib / 4,
         "server RSS grew {grown_kib} KiB for 25 subscribers of a 4 MiB document"
     );
+}
+
+/// POSTs `body` as a chunked upload (no Content-Length), 1000 bytes a chunk.
+async fn post_chunked(client: &reqwest::Client, url: &str, body: &[u8]) -> reqwest::Response {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    client
+        .post(url)
+        .header("content-type", CT)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap()
 }
